@@ -1,0 +1,250 @@
+"""The `cove` command: a thin Typer layer over the core library (`ingest`, `cove`).
+
+Flags map onto the one settings object (`cove.settings.CoveSettings`); the work is done by the
+library, which reports progress through a callback that this module draws as rich progress bars.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cove.settings import CoveSettings, load_settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Cove: a private, local research assistant over a library of AI/LLM papers.",
+)
+console = Console(stderr=True)
+
+HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="COVE_HOME", help="Data directory (default ~/.cove).")]
+
+
+def _settings(home: Path | None, **sections: dict[str, Any]) -> CoveSettings:
+    overrides: dict[str, Any] = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}
+    if home is not None:
+        overrides["home"] = str(home)
+    return load_settings(overrides)
+
+
+class _ProgressBars:
+    """Draws the pipeline's ProgressEvents as one rich bar per stage."""
+
+    LABELS = {"fetch": "Fetching", "parse": "Parsing", "embed": "Embedding"}
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+        self.embedded = 0  # chunks embedded by finished documents
+        self.embed_total = 0
+        self.current_doc = ""
+
+    def __call__(self, event) -> None:
+        if event.stage == "done":
+            return
+        if event.stage == "embed":
+            self._embed(event)
+            return
+        task = self._task(event.stage)
+        self.progress.update(
+            task,
+            completed=event.completed,
+            total=max(event.total, 1),
+            description=f"{self.LABELS[event.stage]:<10} {event.source[-48:]}",
+        )
+
+    def _embed(self, event) -> None:
+        task = self._task("embed")
+        if event.source != self.current_doc:
+            self.embedded += self._last_total if self.current_doc else 0
+            self.embed_total += event.total
+            self.current_doc = event.source
+        self._last_total = event.total
+        self.progress.update(
+            task,
+            completed=self.embedded + event.completed,
+            total=max(self.embed_total, 1),
+            description=f"{'Embedding':<10} {event.source[-48:]}",
+        )
+
+    def _task(self, stage: str):
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(self.LABELS[stage], total=None)
+        return self.tasks[stage]
+
+
+@app.command()
+def ingest(
+    from_: Annotated[
+        list[Path] | None, typer.Option("--from", help="Local PDF/HTML/Markdown/text file or folder.")
+    ] = None,
+    url: Annotated[
+        list[str] | None, typer.Option("--url", help="URL of a PDF or HTML article (arXiv URLs too).")
+    ] = None,
+    arxiv: Annotated[list[str] | None, typer.Option("--arxiv", help="arXiv id, e.g. 2205.14135.")] = None,
+    reading_list: Annotated[
+        list[Path] | None,
+        typer.Option("--reading-list", help="Markdown file: every paper/article link in it."),
+    ] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Drop the index and re-index every document.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
+    home: HomeOpt = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Chunk size in characters.")] = None,
+    chunk_overlap: Annotated[int | None, typer.Option(help="Chunk overlap in characters.")] = None,
+    embed_model: Annotated[str | None, typer.Option(help="Embedding model (sentence-transformers).")] = None,
+    embed_backend: Annotated[str | None, typer.Option(help="torch | torch-int8.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parser processes.")] = None,
+) -> None:
+    """Add papers to the library. With no source given: the curated reading list (needs internet)."""
+    from ingest import sources as src
+    from ingest.pipeline import ingest as run_ingest
+
+    settings = _settings(
+        home,
+        chunk={"size": chunk_size, "overlap": chunk_overlap},
+        embed={"model": embed_model, "backend": embed_backend},
+        parse={"workers": workers},
+    )
+    chosen: list[src.Source] = []
+    bad: list[tuple[str, str]] = []
+    for path in from_ or []:
+        found, problems = src.expand_local(path)
+        chosen += found
+        bad += problems
+    for item in (url or []) + (arxiv or []):
+        try:
+            chosen.append(src.from_arxiv(item) if item in (arxiv or []) else src.from_text(item))
+        except src.SourceError as err:
+            bad.append((item, str(err)))
+    for md in reading_list or []:
+        try:
+            chosen += src.parse_markdown_reading_list(md.read_text(encoding="utf-8"))
+        except OSError as err:
+            bad.append((str(md), f"cannot read reading list: {err.strerror or err}"))
+    if not (from_ or url or arxiv or reading_list):
+        chosen = src.curated_reading_list()
+        console.print(f"Ingesting the curated reading list ({len(chosen)} papers and articles).")
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=as_json or not console.is_terminal,
+    ) as progress:
+        report = run_ingest(chosen, settings, _ProgressBars(progress), rebuild=rebuild, bad_inputs=bad)
+
+    if as_json:
+        typer.echo(json.dumps(_report_json(report), indent=2))
+    else:
+        _print_report(report, settings)
+    raise typer.Exit(code=1 if report.failed else 0)
+
+
+def _report_json(report) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {
+        "ingested": len(report.ingested),
+        "skipped": len(report.skipped),
+        "failed": len(report.failed),
+        "chunks_written": report.chunks_written,
+        "rebuilt": report.rebuilt,
+        "timings": {k: round(v, 3) for k, v in report.timings.items()},
+        "results": [asdict(r) for r in report.results],
+    }
+
+
+def _print_report(report, settings: CoveSettings) -> None:
+    table = Table(title="Ingest summary", show_lines=False)
+    for column in ("Status", "Source", "Title", "Pages", "Chunks", "Reason"):
+        table.add_column(column, overflow="fold")
+    style = {"ingested": "green", "skipped": "dim", "failed": "red"}
+    for r in report.results:
+        table.add_row(
+            f"[{style[r.status]}]{r.status}[/]",
+            r.source,
+            r.title[:60],
+            str(r.pages or ""),
+            str(r.chunks or ""),
+            r.reason,
+        )
+    out = Console()
+    out.print(table)
+    t = report.timings
+    out.print(
+        f"{len(report.ingested)} ingested, {len(report.skipped)} skipped, {len(report.failed)} failed; "
+        f"{report.chunks_written} chunks written in {t.get('total', 0):.1f}s "
+        f"(fetch {t.get('fetch', 0):.1f}s, parse {t.get('parse', 0):.1f}s, embed {t.get('embed', 0):.1f}s, "
+        f"store {t.get('store', 0):.1f}s). Library: {settings.home_dir}"
+    )
+    if report.rebuilt:
+        out.print("[yellow]The index was rebuilt (index settings changed or --rebuild).[/]")
+
+
+@app.command()
+def library(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the library as JSON.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """List the documents in the library, with their status and any error."""
+    from cove.catalog import Catalog
+
+    settings = _settings(home)
+    catalog = Catalog(settings.catalog_path)
+    try:
+        records = catalog.all()
+    finally:
+        catalog.close()
+    if as_json:
+        keys = (
+            "doc_id",
+            "title",
+            "source",
+            "kind",
+            "pages",
+            "chunks",
+            "status",
+            "error",
+            "url",
+            "authors",
+            "year",
+            "version",
+            "topic",
+            "content_hash",
+            "ingested_at",
+        )
+        typer.echo(json.dumps([{k: getattr(r, k) for k in keys} for r in records], indent=2))
+        return
+    if not records:
+        Console().print(f"The library at {settings.home_dir} is empty. Add papers with `cove ingest`.")
+        return
+    table = Table(title=f"Library: {settings.home_dir}")
+    for column in ("Title", "Source", "Kind", "Pages", "Chunks", "Status", "Error"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        status = {"ok": "[green]ok[/]", "failed": "[red]failed[/]"}.get(r.status, f"[yellow]{r.status}[/]")
+        table.add_row(r.title[:70], r.source, r.kind, str(r.pages), str(r.chunks), status, r.error)
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("Interrupted: run the same command again to finish; nothing is duplicated.")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

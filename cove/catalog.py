@@ -1,0 +1,143 @@
+"""The document catalog: one SQLite row per document Cove knows about, whatever its fate.
+
+The vector store holds chunks; the catalog holds documents: where each came from, its content hash,
+how many pages and chunks it has, whether it is indexed, and why it failed if it did. Ingest writes a
+row *before* touching the vector store and marks it ``ok`` only *after* the chunks are stored, so a
+run killed in between leaves a row that is not ``ok`` and the next run redoes that document.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_PENDING = "pending"  # being (re)indexed, or interrupted while being indexed
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    location TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT '',
+    title TEXT NOT NULL DEFAULT '',
+    authors TEXT NOT NULL DEFAULT '[]',
+    year TEXT NOT NULL DEFAULT '',
+    version TEXT NOT NULL DEFAULT '',
+    url TEXT NOT NULL DEFAULT '',
+    topic TEXT NOT NULL DEFAULT '',
+    arxiv_id TEXT NOT NULL DEFAULT '',
+    content_hash TEXT NOT NULL DEFAULT '',
+    index_id TEXT NOT NULL DEFAULT '',
+    pages INTEGER NOT NULL DEFAULT 0,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    warnings TEXT NOT NULL DEFAULT '',
+    ingested_at REAL NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass
+class DocumentRecord:
+    doc_id: str
+    source: str
+    location: str
+    status: str
+    kind: str = ""
+    title: str = ""
+    authors: list[str] = field(default_factory=list)
+    year: str = ""
+    version: str = ""
+    url: str = ""
+    topic: str = ""
+    arxiv_id: str = ""
+    content_hash: str = ""
+    index_id: str = ""
+    pages: int = 0
+    chunks: int = 0
+    error: str = ""
+    warnings: str = ""
+    ingested_at: float = 0.0
+    updated_at: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_COLUMNS = [f.name for f in fields(DocumentRecord)]
+
+
+class Catalog:
+    """SQLite-backed catalog. Every write commits at once (a killed process loses nothing written)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- documents ---------------------------------------------------------------------------------
+    def get(self, doc_id: str) -> DocumentRecord | None:
+        row = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+        return _record(row) if row else None
+
+    def all(self) -> list[DocumentRecord]:
+        rows = self.db.execute(f"SELECT {', '.join(_COLUMNS)} FROM documents ORDER BY title COLLATE NOCASE, doc_id")
+        return [_record(r) for r in rows]
+
+    def upsert(self, record: DocumentRecord) -> None:
+        record.updated_at = time.time()
+        values = record.to_dict()
+        values["authors"] = json.dumps(values["authors"])
+        placeholders = ", ".join(f":{c}" for c in _COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "doc_id")
+        self.db.execute(
+            f"INSERT INTO documents ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+            f"ON CONFLICT(doc_id) DO UPDATE SET {updates}",
+            values,
+        )
+
+    def delete(self, doc_id: str) -> None:
+        self.db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+
+    # --- meta --------------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: str = "") -> str:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def _record(row: tuple) -> DocumentRecord:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    values["authors"] = json.loads(values["authors"] or "[]")
+    return DocumentRecord(**values)

@@ -1,0 +1,112 @@
+"""Chunk stage: cut each page into overlapping, retrievable pieces with citation metadata.
+
+Chunks stay inside one page, so every chunk cites exactly one page (a page's short tail is merged
+into the chunk before it rather than becoming a fragment). Cuts fall on paragraph, sentence or word
+boundaries near the target size. Ids are ``<doc_id>:<index>``, so re-ingesting the same text gives
+the same ids and an interrupted run can be finished by upserting again.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cove.docs import Chunk, ParsedDocument, Section
+
+SENTENCE_END = re.compile(r"[.!?][)\]\"']?\s")
+
+
+def chunk_spans(text: str, size: int, overlap: int, min_chars: int) -> list[tuple[int, int]]:
+    """[start, end) character spans covering `text`; consecutive spans share about `overlap` chars."""
+    spans: list[tuple[int, int]] = []
+    start = _skip_space(text, 0)
+    n = len(text)
+    while start < n:
+        end = n if n - start <= size else _break_point(text, start, start + size)
+        if n - end < min_chars:  # merge a short tail rather than leave a fragment
+            end = n
+        spans.append((start, _trim_end(text, start, end)))
+        if end >= n:
+            break
+        next_start = _word_start(text, max(start + 1, end - overlap), end)
+        start = _skip_space(text, next_start)
+    return [(s, e) for s, e in spans if e > s]
+
+
+def _break_point(text: str, start: int, limit: int) -> int:
+    """The best place to cut before `limit`: paragraph, then sentence, then line, then word."""
+    floor = start + (limit - start) * 6 // 10
+    window = text[floor:limit]
+    para = window.rfind("\n\n")
+    if para >= 0:
+        return floor + para + 2
+    sentences = list(SENTENCE_END.finditer(window))
+    if sentences:
+        return floor + sentences[-1].end()
+    for sep in ("\n", " "):
+        pos = window.rfind(sep)
+        if pos >= 0:
+            return floor + pos + 1
+    return limit
+
+
+def _word_start(text: str, pos: int, limit: int) -> int:
+    """Move `pos` forward to the start of a word, so overlap never begins mid-word."""
+    if pos == 0 or text[pos - 1].isspace():
+        return pos
+    nxt = text.find(" ", pos, limit)
+    return nxt + 1 if nxt >= 0 else pos
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _trim_end(text: str, start: int, end: int) -> int:
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return end
+
+
+def _section_at(sections: list[Section], offset: int, inherited: Section | None) -> Section | None:
+    current = inherited
+    for section in sections:
+        if section.offset <= offset:
+            current = section
+        else:
+            break
+    return current
+
+
+def chunk_document(doc_id: str, doc: ParsedDocument, size: int, overlap: int, min_chars: int) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    inherited: Section | None = None  # the section a page starts in, carried over from the page before
+    for page in doc.pages:
+        for start, end in chunk_spans(page.text, size, overlap, min_chars):
+            # A heading in the first third of the chunk names it better than the one before it.
+            section = _section_at(page.sections, start + (end - start) // 3, inherited)
+            chunks.append(
+                Chunk(
+                    id=f"{doc_id}:{len(chunks):04d}",
+                    text=page.text[start:end],
+                    doc_id=doc_id,
+                    chunk_index=len(chunks),
+                    page_start=page.number,
+                    page_end=page.number,
+                    char_start=start,
+                    char_end=end,
+                    section=section.title if section else "",
+                    anchor=section.anchor if section else "",
+                )
+            )
+        if page.sections:
+            inherited = page.sections[-1]
+    return chunks
+
+
+def embedding_text(chunk: Chunk, title: str) -> str:
+    """What is embedded for a chunk: its text behind a short header naming the paper and section,
+    so a passage that never repeats the paper's name can still be found by it."""
+    header = " - ".join(part for part in (title, chunk.section) if part)
+    return f"{header}\n{chunk.text}" if header else chunk.text

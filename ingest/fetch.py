@@ -1,0 +1,234 @@
+"""Fetch stage: download a URL politely and safely into an on-disk cache.
+
+- only http(s); timeouts; a bounded number of redirects (loops end with a clear error);
+- retries with exponential backoff on 429, 5xx and connection errors (``Retry-After`` honoured);
+- a polite pause between requests to arXiv hosts, and a descriptive User-Agent;
+- a size cap, enforced while streaming (``Content-Length`` is not trusted);
+- the cache is keyed by URL and written atomically (temp file + rename), so a killed run never
+  leaves a half file that looks complete; a cached copy younger than ``refresh_after_s`` is used
+  as is, an older one is re-validated with ``If-None-Match`` / ``If-Modified-Since``;
+- what a file *is* is sniffed from its bytes, never taken from the Content-Type header.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from cove.settings import FetchSettings
+from ingest.parse import sniff_kind
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+ARXIV_HOSTS = ("arxiv.org", "export.arxiv.org")
+
+
+class FetchError(Exception):
+    """A download that failed for good; the message says why in plain words."""
+
+
+@dataclass
+class Fetched:
+    url: str  # what was asked for
+    final_url: str  # after redirects
+    path: Path  # the cached body
+    kind: str | None  # sniffed: "pdf" | "html" | "text" | None
+    from_cache: bool
+    content_type: str = ""
+
+
+class Fetcher:
+    """Downloads with retries into `cache_dir`. Use as a context manager or call `close()`."""
+
+    def __init__(self, settings: FetchSettings, cache_dir: Path, sleep=time.sleep) -> None:
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self.sleep = sleep
+        self._last_arxiv_request = 0.0
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
+            follow_redirects=True,
+            max_redirects=settings.max_redirects,
+            headers={"User-Agent": settings.user_agent},
+        )
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- public -----------------------------------------------------------------------------------
+    def fetch(self, url: str) -> Fetched:
+        check_url(url)
+        body_path, meta_path = self._cache_paths(url)
+        meta = _read_json(meta_path) if body_path.exists() else None
+        if meta and time.time() - meta.get("fetched_at", 0) < self.settings.refresh_after_s:
+            return self._from_cache(url, body_path, meta)
+        headers = {}
+        if meta:
+            if meta.get("etag"):
+                headers["If-None-Match"] = meta["etag"]
+            if meta.get("last_modified"):
+                headers["If-Modified-Since"] = meta["last_modified"]
+        try:
+            return self._download(url, headers, body_path, meta_path, meta)
+        except FetchError:
+            if meta:  # offline or the server is down: a stale copy beats nothing
+                return self._from_cache(url, body_path, meta)
+            raise
+
+    def get_text(self, url: str, max_bytes: int = 2_000_000) -> str:
+        """A small uncached GET (e.g. the arXiv API), with the same retries and politeness."""
+        check_url(url)
+        response = self._request(url, {})
+        try:
+            return self._read_limited(response, max_bytes).decode("utf-8", errors="replace")
+        finally:
+            response.close()
+
+    # --- internals --------------------------------------------------------------------------------
+    def _cache_paths(self, url: str) -> tuple[Path, Path]:
+        key = hashlib.sha256(url.encode()).hexdigest()[:32]
+        return self.cache_dir / f"{key}.body", self.cache_dir / f"{key}.json"
+
+    def _from_cache(self, url: str, body_path: Path, meta: dict) -> Fetched:
+        with body_path.open("rb") as f:
+            kind = sniff_kind(f.read(4096))
+        return Fetched(url, meta.get("final_url", url), body_path, kind, True, meta.get("content_type", ""))
+
+    def _download(self, url: str, headers: dict, body_path: Path, meta_path: Path, meta: dict | None) -> Fetched:
+        response = self._request(url, headers)
+        try:
+            if response.status_code == 304 and meta:
+                meta["fetched_at"] = time.time()
+                _write_atomic(meta_path, json.dumps(meta).encode())
+                return self._from_cache(url, body_path, meta)
+            data = self._read_limited(response, self.settings.max_bytes)
+        finally:
+            response.close()
+        if not data:
+            raise FetchError("the server returned an empty body")
+        new_meta = {
+            "url": url,
+            "final_url": str(response.url),
+            "etag": response.headers.get("etag", ""),
+            "last_modified": response.headers.get("last-modified", ""),
+            "content_type": response.headers.get("content-type", ""),
+            "fetched_at": time.time(),
+            "bytes": len(data),
+        }
+        # Body first, then metadata: metadata exists only beside a complete body.
+        _write_atomic(body_path, data)
+        _write_atomic(meta_path, json.dumps(new_meta).encode())
+        return Fetched(url, new_meta["final_url"], body_path, sniff_kind(data[:4096]), False, new_meta["content_type"])
+
+    def _request(self, url: str, headers: dict) -> httpx.Response:
+        """GET with retries; returns an open streaming response with a 2xx or 304 status."""
+        attempts = self.settings.retries + 1
+        last_error = ""
+        for attempt in range(attempts):
+            self._polite_pause(url)
+            try:
+                request = self.client.build_request("GET", url, headers=headers)
+                response = self.client.send(request, stream=True)
+            except httpx.TooManyRedirects as err:
+                raise FetchError(f"too many redirects (more than {self.settings.max_redirects}; a loop?)") from err
+            except httpx.TimeoutException as err:
+                last_error = f"timed out ({type(err).__name__})"
+                retry_after = None
+            except httpx.TransportError as err:
+                last_error = f"connection failed ({type(err).__name__}: {err})"
+                retry_after = None
+            else:
+                check_url(str(response.url))  # a redirect to file:// or ftp:// is refused too
+                if response.status_code < 400 or response.status_code == 304:
+                    return response
+                response.close()
+                reason = f"HTTP {response.status_code} {response.reason_phrase}".strip()
+                if response.status_code not in RETRY_STATUS:
+                    raise FetchError(reason)
+                last_error = reason
+                retry_after = _retry_after(response.headers.get("retry-after"))
+            if attempt + 1 < attempts:
+                delay = min(self.settings.backoff_s * 2**attempt, self.settings.max_backoff_s)
+                self.sleep(min(retry_after, self.settings.max_backoff_s) if retry_after is not None else delay)
+        raise FetchError(f"{last_error} after {attempts} attempt(s)")
+
+    def _read_limited(self, response: httpx.Response, max_bytes: int) -> bytes:
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise FetchError(f"too large: {int(declared):,} bytes (limit {max_bytes:,})")
+        chunks, total = [], 0
+        try:
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if total > max_bytes:
+                    raise FetchError(f"too large: more than {max_bytes:,} bytes")
+                chunks.append(chunk)
+        except httpx.TimeoutException as err:
+            raise FetchError("timed out while downloading") from err
+        except httpx.TransportError as err:
+            raise FetchError(f"connection lost while downloading ({type(err).__name__})") from err
+        return b"".join(chunks)
+
+    def _polite_pause(self, url: str) -> None:
+        host = urlsplit(url).hostname or ""
+        if not any(host == h or host.endswith("." + h) for h in ARXIV_HOSTS):
+            return
+        wait = self._last_arxiv_request + self.settings.arxiv_delay_s - time.monotonic()
+        if wait > 0:
+            self.sleep(wait)
+        self._last_arxiv_request = time.monotonic()
+
+
+def check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise FetchError(f"only http(s) URLs can be fetched, not {parts.scheme or 'no scheme'!r}: {url}")
+    if not parts.hostname:
+        raise FetchError(f"URL without a host: {url}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

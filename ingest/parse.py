@@ -1,0 +1,222 @@
+"""Parse stage: a downloaded or local file becomes cleaned page text with section headings.
+
+PDFs go through pypdf page by page and then `ingest.clean`; HTML through `ingest.html`; Markdown and
+plain text are one page each. Every failure is a `ParseError` whose message a user can act on
+("encrypted PDF: a password is needed"), never a pypdf traceback.
+
+`parse_file` is a top-level function of plain arguments so a process pool can run it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from cove.docs import Page, ParsedDocument, Section
+from ingest.clean import clean_page_text, find_sections, fix_ligatures, remove_running_lines
+
+
+class ParseError(Exception):
+    """A document that cannot be turned into text; the message says why in plain words."""
+
+
+def sniff_kind(head: bytes) -> str | None:
+    """What a file really is, from its first bytes: 'pdf', 'html', 'text' or None (binary)."""
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if stripped.startswith(b"%PDF-") or b"%PDF-" in head[:1024]:
+        return "pdf"
+    lowered = stripped[:512].lower()
+    if lowered.startswith((b"<!doctype html", b"<html", b"<?xml")) or b"<html" in lowered or b"<body" in lowered:
+        return "html"
+    if b"\x00" in head[:4096]:
+        return None
+    try:
+        head[:4096].decode("utf-8")
+    except UnicodeDecodeError as err:
+        # A multi-byte character cut at the end of the sample is still text.
+        if err.start < len(head[:4096]) - 4:
+            return None
+    return "text"
+
+
+def parse_file(path: str, kind: str, min_chars: int = 200) -> ParsedDocument:
+    """Parse `path` as `kind` ('pdf', 'html', 'markdown', 'text')."""
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        raise ParseError(f"cannot read file: {err.strerror or err}") from err
+    if kind == "pdf":
+        doc = parse_pdf_bytes(data)
+    elif kind == "html":
+        from ingest.html import parse_html
+
+        doc = parse_html(data)
+    elif kind in ("markdown", "text"):
+        doc = parse_plain_text(data, markdown=kind == "markdown")
+    else:
+        raise ParseError(f"unsupported document kind {kind!r}")
+    if doc.char_count < min_chars:
+        if kind == "pdf":
+            raise ParseError(
+                f"no extractable text ({doc.char_count} characters in {len(doc.pages)} pages): "
+                "probably a scanned PDF; run OCR on it first"
+            )
+        raise ParseError(f"too little text to index ({doc.char_count} characters)")
+    return doc
+
+
+# --- PDF ------------------------------------------------------------------------------------------
+
+
+def parse_pdf_bytes(data: bytes) -> ParsedDocument:
+    import io
+
+    from pypdf import PdfReader
+    from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
+
+    # pypdf logs recoverable oddities (missing fontTools, XObject limits) as warnings: keep them
+    # out of the user's terminal; the text is still extracted.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    if not data.lstrip()[:1024].count(b"%PDF-"):
+        raise ParseError("not a PDF (the file does not start with %PDF-)")
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            _decrypt_or_fail(reader)
+        raw_pages = [_extract_page(page) for page in reader.pages]
+        metadata_title = _pdf_title(reader) or _largest_font_title(reader.pages[0], raw_pages[0])
+    except ParseError:
+        raise
+    except FileNotDecryptedError as err:
+        raise ParseError("encrypted PDF: a password is needed to read it") from err
+    except (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ParseError(f"corrupt or unreadable PDF ({type(err).__name__}: {err})") from err
+    if not raw_pages:
+        raise ParseError("the PDF has no pages")
+    texts = remove_running_lines([clean_page_text(t) for t in raw_pages])
+    pages = [Page(number=i + 1, text=t, sections=find_sections(t)) for i, t in enumerate(texts)]
+    warnings = []
+    empty = [p.number for p in pages if not p.text]
+    if empty and len(empty) < len(pages):
+        warnings.append(f"{len(empty)} page(s) without text: {empty[:10]}")
+    title = _tidy_title(metadata_title or _first_line_title(pages))
+    return ParsedDocument(kind="pdf", pages=pages, title=title, warnings=warnings)
+
+
+def _tidy_title(title: str) -> str:
+    return re.sub(r"\s+([:,])", r"\1", " ".join(fix_ligatures(title).split()))
+
+
+def _decrypt_or_fail(reader) -> None:
+    """Many PDFs are 'encrypted' with an empty user password (copy protection only): open those."""
+    try:
+        result = reader.decrypt("")
+    except Exception as err:  # pypdf raises several types here, some from cryptography
+        raise ParseError(f"encrypted PDF that cannot be opened ({err})") from err
+    if not result:
+        raise ParseError("encrypted PDF: a password is needed to read it")
+
+
+def _extract_page(page) -> str:
+    try:
+        return page.extract_text() or ""
+    except Exception:  # one broken page must not lose the rest of the paper
+        return ""
+
+
+def _pdf_title(reader) -> str:
+    try:
+        title = (reader.metadata or {}).get("/Title") or ""
+    except Exception:
+        return ""
+    title = str(title).strip()
+    # Producers often leave junk such as "Microsoft Word - draft3.docx" or an empty string.
+    if len(title) < 8 or re.search(r"\.(docx?|tex|pdf|dvi)$|^untitled", title, re.I):
+        return ""
+    return title
+
+
+def _largest_font_title(page, page_text: str) -> str:
+    """The title of a paper is usually the largest text on page 1. Figures and small caps fool that,
+    so a candidate must read like a title and appear verbatim in the page text."""
+    runs: list[tuple[float, str]] = []
+
+    def visit(text, cm, tm, font_dict, font_size):
+        if text.strip():
+            runs.append((round(abs(font_size * (tm[3] or tm[0]) * (cm[3] or 1)), 1), text))
+
+    try:
+        page.extract_text(visitor_text=visit)
+    except Exception:
+        return ""
+    squashed_page = re.sub(r"\s+", "", page_text).lower()
+    for size in sorted({s for s, _ in runs}, reverse=True)[:4]:
+        candidate = " ".join(" ".join(t.split()) for s, t in runs if s == size).strip()
+        if _title_like(candidate) and re.sub(r"\s+", "", candidate).lower() in squashed_page:
+            return candidate
+    return ""
+
+
+def _title_like(text: str) -> bool:
+    words = text.split()
+    if not 10 <= len(text) <= 200 or len(words) < 2:
+        return False
+    letters = sum(c.isascii() and (c.isalnum() or c in ":-,'") for c in text.replace(" ", ""))
+    return letters >= 0.9 * len(text.replace(" ", "")) and sum(map(len, words)) / len(words) >= 3
+
+
+BOILERPLATE_LINE = re.compile(r"^(arxiv|preprint|published|provided|copyright|under review|proceedings)", re.I)
+
+
+def _first_line_title(pages: list[Page]) -> str:
+    lines = [ln.strip() for ln in (pages[0].text.split("\n")[:12] if pages else [])]
+    lines = [ln for ln in lines if ln]
+    # Title set in capitals over several lines: "CHAIN-OF-VERIFICATION REDUCES HALLUCINATION / IN LARGE ..."
+    caps = []
+    for line in lines:
+        if line.isupper() and len(line) > 3:
+            caps.append(line)
+        elif caps:
+            break
+    if caps:
+        joined = ""
+        for line in caps:  # "LAN-" + "GUAGE" -> "LANGUAGE"
+            joined = joined[:-1] + line if joined.endswith("-") else f"{joined} {line}".strip()
+        return joined
+    for line in lines:
+        if 8 <= len(line) <= 160 and not BOILERPLATE_LINE.match(line):
+            return line
+    return ""
+
+
+# --- Markdown and plain text ----------------------------------------------------------------------
+
+MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+
+
+def parse_plain_text(data: bytes, markdown: bool) -> ParsedDocument:
+    text = data.decode("utf-8", errors="replace")
+    text = clean_page_text(text) if not markdown else text.replace("\r\n", "\n").strip()
+    sections: list[Section] = []
+    title = ""
+    if markdown:
+        offset = 0
+        for line in text.split("\n"):
+            match = MD_HEADING.match(line)
+            if match:
+                heading = match.group(2).strip()
+                sections.append(Section(offset, heading, _slug(heading)))
+                if not title and len(match.group(1)) == 1:
+                    title = heading
+            offset += len(line) + 1
+    else:
+        sections = find_sections(text)
+    kind = "markdown" if markdown else "text"
+    return ParsedDocument(kind=kind, pages=[Page(1, text, sections)], title=title or _first_line_title([Page(1, text)]))
+
+
+def _slug(text: str) -> str:
+    """GitHub-style heading anchor."""
+    return re.sub(r"[^\w\- ]", "", text.lower()).strip().replace(" ", "-")

@@ -1,0 +1,457 @@
+"""The ingest pipeline: sources -> fetch -> parse -> chunk -> embed -> store, one document at a time.
+
+Guarantees, whatever the input:
+- one bad source never stops the others: each failure is recorded in the catalog with a reason;
+- unchanged documents (same content hash, same index identity) are skipped without loading a model;
+- a changed document replaces its old chunks; a document whose update fails keeps its old chunks;
+- a run killed at any point is finished by running again: the catalog marks a document ``ok`` only
+  after its chunks are stored, and storing deletes the document's chunks before upserting;
+- a change of index identity (embedding model, chunking) re-indexes every known document.
+
+Progress flows out through a callback of `ProgressEvent`s, so the CLI can draw progress bars and the
+app can show the same stages, from the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cove.catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, DocumentRecord
+from cove.docs import ParsedDocument
+from cove.settings import CoveSettings
+from ingest.arxiv import parse_api_response, split_version
+from ingest.chunk import chunk_document, embedding_text
+from ingest.fetch import Fetcher, FetchError
+from ingest.parse import ParseError, parse_file, sniff_kind
+from ingest.sources import Source, dedupe
+
+INGESTED, SKIPPED, FAILED = "ingested", "skipped", "failed"
+
+
+@dataclass
+class ProgressEvent:
+    stage: str  # "fetch" | "parse" | "embed" | "done"
+    completed: int  # units done in this stage (documents, or chunks for "embed")
+    total: int
+    source: str = ""
+    message: str = ""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class DocResult:
+    source: str
+    status: str  # INGESTED | SKIPPED | FAILED
+    doc_id: str = ""
+    title: str = ""
+    reason: str = ""
+    pages: int = 0
+    chunks: int = 0
+
+
+@dataclass
+class IngestReport:
+    results: list[DocResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, plus "total"
+    rebuilt: bool = False
+
+    def _with(self, status: str) -> list[DocResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def ingested(self) -> list[DocResult]:
+        return self._with(INGESTED)
+
+    @property
+    def skipped(self) -> list[DocResult]:
+        return self._with(SKIPPED)
+
+    @property
+    def failed(self) -> list[DocResult]:
+        return self._with(FAILED)
+
+    @property
+    def chunks_written(self) -> int:
+        return sum(r.chunks for r in self.ingested)
+
+
+@dataclass
+class _Work:
+    """A document that needs (re)indexing, after fetching."""
+
+    source: Source
+    path: Path
+    kind: str
+    content_hash: str
+    previous: DocumentRecord | None
+
+
+def source_from_record(record: DocumentRecord) -> Source:
+    """Rebuild a Source from the catalog, to re-index a known document after a settings change."""
+    local = not record.location.startswith(("http://", "https://", "arxiv:"))
+    return Source(
+        doc_id=record.doc_id,
+        location=record.location,
+        source=record.source,
+        kind_hint=record.kind or None,
+        title=record.title,
+        topic=record.topic,
+        arxiv_id=record.arxiv_id,
+        local=local,
+        authors=record.authors,
+        year=record.year,
+    )
+
+
+class IngestPipeline:
+    def __init__(self, settings: CoveSettings, progress: ProgressCallback | None = None) -> None:
+        self.settings = settings
+        self.progress = progress or (lambda event: None)
+        self.catalog = Catalog(settings.catalog_path)
+        self.timings: dict[str, float] = {
+            "fetch": 0.0,
+            "parse": 0.0,
+            "chunk": 0.0,
+            "embed": 0.0,
+            "store": 0.0,
+        }
+        self._store = None
+        self._embedder = None
+        self._fetcher: Fetcher | None = None
+
+    # --- lazily created heavy parts: a run with nothing to do never loads them --------------------
+    @property
+    def store(self):
+        if self._store is None:
+            from cove.store import ChunkStore
+
+            self._store = ChunkStore(self.settings)
+        return self._store
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from cove.embed import Embedder
+
+            self._embedder = Embedder(self.settings.embed)
+        return self._embedder
+
+    @property
+    def fetcher(self) -> Fetcher:
+        if self._fetcher is None:
+            self._fetcher = Fetcher(self.settings.fetch, self.settings.cache_dir)
+        return self._fetcher
+
+    def close(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.close()
+        self.catalog.close()
+
+    # --- the run ----------------------------------------------------------------------------------
+    def run(self, sources: list[Source], rebuild: bool = False, bad_inputs=()) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport()
+        report.results.extend(DocResult(source=s, status=FAILED, reason=r) for s, r in bad_inputs)
+        sources = dedupe(sources)
+        report.rebuilt = self._check_index_identity(rebuild)
+        if report.rebuilt:
+            sources = self._with_known_documents(sources)
+
+        work = self._fetch_all(sources, report, force=rebuild)
+        self._parse_and_index(work, report)
+        self.catalog.set_meta("index_id", self.settings.index_id())
+        self.timings["total"] = time.perf_counter() - started
+        report.timings = dict(self.timings)
+        self.progress(ProgressEvent("done", len(report.results), len(report.results)))
+        return report
+
+    def _check_index_identity(self, rebuild: bool) -> bool:
+        """True when the index must be rebuilt: asked for, or the index settings changed."""
+        current = self.settings.index_id()
+        stored = self.catalog.get_meta("index_id")
+        if rebuild:
+            self.store.reset()
+        if stored and stored != current:
+            self.store.drop_other_indexes()
+        return rebuild or bool(stored and stored != current)
+
+    def _with_known_documents(self, sources: list[Source]) -> list[Source]:
+        requested = {s.doc_id for s in sources}
+        known = [source_from_record(r) for r in self.catalog.all() if r.doc_id not in requested and r.location]
+        return sources + known
+
+    # --- fetch ------------------------------------------------------------------------------------
+    def _fetch_all(self, sources: list[Source], report: IngestReport, force: bool) -> list[_Work]:
+        work = []
+        current_index = self.settings.index_id()
+        for i, source in enumerate(sources):
+            self.progress(ProgressEvent("fetch", i, len(sources), source.source))
+            t0 = time.perf_counter()
+            previous = self.catalog.get(source.doc_id)
+            try:
+                path, kind = self._obtain(source)
+                content_hash = _file_hash(path)
+            except (FetchError, ParseError, OSError) as err:
+                self._record_failure(source, previous, _reason(err), report)
+                continue
+            finally:
+                self.timings["fetch"] += time.perf_counter() - t0
+            unchanged = (
+                not force
+                and previous is not None
+                and previous.status == STATUS_OK
+                and previous.content_hash == content_hash
+                and previous.index_id == current_index
+            )
+            if unchanged:
+                report.results.append(
+                    DocResult(
+                        previous.source,
+                        SKIPPED,
+                        previous.doc_id,
+                        previous.title,
+                        "unchanged",
+                        previous.pages,
+                        previous.chunks,
+                    )
+                )
+            else:
+                work.append(_Work(source, path, kind, content_hash, previous))
+        self.progress(ProgressEvent("fetch", len(sources), len(sources)))
+        return work
+
+    def _obtain(self, source: Source) -> tuple[Path, str]:
+        """The document's bytes on disk and what kind of document they really are."""
+        if source.local:
+            path = Path(source.location)
+            with path.open("rb") as f:
+                head = f.read(4096)
+        else:
+            url = self._download_url(source)
+            fetched = self.fetcher.fetch(url)
+            path = fetched.path
+            with path.open("rb") as f:
+                head = f.read(4096)
+        return path, decide_kind(sniff_kind(head), source.kind_hint, source.local, source.location)
+
+    def _download_url(self, source: Source) -> str:
+        if source.arxiv_id:
+            return self.settings.fetch.arxiv_pdf_base + source.arxiv_id
+        return source.location
+
+    def _arxiv_metadata(self, source: Source) -> None:
+        """Fill title, authors, year, version from the arXiv API; keep what we have if it fails.
+
+        Local files are never looked up: ingesting your own folder makes no network request."""
+        if not source.arxiv_id or source.local:
+            return
+        base_id, asked_version = split_version(source.arxiv_id)
+        try:
+            xml_text = self.fetcher.get_text(f"{self.settings.fetch.arxiv_api_url}?id_list={base_id}")
+        except FetchError:
+            return
+        meta = parse_api_response(xml_text)
+        if meta is None:
+            return
+        source.title = meta.title or source.title
+        source.authors = meta.authors or source.authors
+        source.year = meta.year or source.year
+        if not asked_version and meta.version:
+            source.arxiv_id = base_id + meta.version
+
+    # --- parse, chunk, embed, store ---------------------------------------------------------------
+    def _parse_and_index(self, work: list[_Work], report: IngestReport) -> None:
+        if not work:
+            return
+        total = len(work)
+        self.progress(ProgressEvent("parse", 0, total))
+        min_chars = self.settings.parse.min_chars_per_doc
+        done = 0
+        for item, parsed, error, seconds in self._parse_results(work, min_chars):
+            done += 1
+            self.timings["parse"] += seconds
+            self.progress(ProgressEvent("parse", done, total, item.source.source))
+            if error is not None:
+                self._record_failure(item.source, item.previous, error, report)
+                continue
+            self._index(item, parsed, report)
+
+    def _parse_results(self, work: list[_Work], min_chars: int):
+        """Yield (work, parsed | None, error | None, seconds) as documents finish parsing.
+
+        Several documents are parsed in worker processes while this process embeds the ones already
+        parsed; a single document is parsed in-process (starting a pool costs more than it saves).
+        """
+        workers = min(self.settings.parse.workers, len(work))
+        if workers <= 1:
+            for item in work:
+                yield (item, *_timed_parse(str(item.path), item.kind, min_chars))
+            return
+        context = multiprocessing.get_context("spawn")  # fork after torch/chroma threads is unsafe
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures: dict[Future, _Work] = {
+                pool.submit(_timed_parse, str(item.path), item.kind, min_chars): item for item in work
+            }
+            for future in as_completed(futures):
+                item = futures[future]
+                try:
+                    yield (item, *future.result())
+                except Exception as err:  # e.g. the worker died (BrokenProcessPool)
+                    yield item, None, f"parser crashed ({type(err).__name__}: {err})", 0.0
+
+    def _index(self, item: _Work, parsed: ParsedDocument, report: IngestReport) -> None:
+        source = item.source
+        self._arxiv_metadata(source)
+        title = source.title or parsed.title or source.source
+        record = self._record(source, item, parsed, title)
+        record.status = STATUS_PENDING
+        self.catalog.upsert(record)  # before the store: a crash from here on leaves "pending"
+
+        t0 = time.perf_counter()
+        chunks = chunk_document(source.doc_id, parsed, **self._chunk_args())
+        self.timings["chunk"] += time.perf_counter() - t0
+        if not chunks:
+            self._record_failure(source, item.previous, "no text left after cleaning", report)
+            return
+
+        vectors = self._embed([embedding_text(c, title) for c in chunks], source.source)
+        doc_fields = {"title": title, "source": source.source, "url": source.link, "kind": parsed.kind}
+        t0 = time.perf_counter()
+        self.store.replace_document(
+            source.doc_id,
+            [c.id for c in chunks],
+            [c.text for c in chunks],
+            vectors,
+            [c.metadata(doc_fields) for c in chunks],
+        )
+        self.timings["store"] += time.perf_counter() - t0
+
+        record.status = STATUS_OK
+        record.content_hash = item.content_hash
+        record.index_id = self.settings.index_id()
+        record.chunks = len(chunks)
+        record.ingested_at = time.time()
+        self.catalog.upsert(record)
+        report.results.append(DocResult(source.source, INGESTED, source.doc_id, title, "", record.pages, len(chunks)))
+
+    def _embed(self, texts: list[str], source: str):
+        import numpy as np
+
+        t0 = time.perf_counter()
+        step = max(self.settings.embed.batch_size, 64)
+        parts = []
+        for start in range(0, len(texts), step):
+            parts.append(self.embedder.embed(texts[start : start + step]))
+            self.progress(ProgressEvent("embed", min(start + step, len(texts)), len(texts), source))
+        self.timings["embed"] += time.perf_counter() - t0
+        return np.concatenate(parts)
+
+    def _chunk_args(self) -> dict[str, int]:
+        c = self.settings.chunk
+        return {"size": c.size, "overlap": c.overlap, "min_chars": c.min_chars}
+
+    # --- catalog records --------------------------------------------------------------------------
+    def _record(self, source: Source, item: _Work, parsed: ParsedDocument, title: str) -> DocumentRecord:
+        return DocumentRecord(
+            doc_id=source.doc_id,
+            source=source.source,
+            location=source.location,
+            status=STATUS_PENDING,
+            kind=parsed.kind,
+            title=title,
+            authors=source.authors,
+            year=source.year,
+            version=split_version(source.arxiv_id)[1] if source.arxiv_id else "",
+            url=source.link,
+            topic=source.topic,
+            arxiv_id=source.arxiv_id,
+            pages=len(parsed.pages),
+            warnings="; ".join(parsed.warnings),
+        )
+
+    def _record_failure(
+        self, source: Source, previous: DocumentRecord | None, reason: str, report: IngestReport
+    ) -> None:
+        if previous is not None and previous.status == STATUS_OK and previous.index_id == self.settings.index_id():
+            # Keep the good copy we have; say that refreshing it failed.
+            previous.error = f"update failed: {reason}"
+            self.catalog.upsert(previous)
+        else:
+            self.catalog.upsert(
+                DocumentRecord(
+                    doc_id=source.doc_id,
+                    source=source.source,
+                    location=source.location,
+                    status=STATUS_FAILED,
+                    kind=source.kind_hint or "",
+                    title=source.title,
+                    url=source.link,
+                    topic=source.topic,
+                    arxiv_id=source.arxiv_id,
+                    error=reason,
+                )
+            )
+            if previous is not None:
+                self.store.delete_document(source.doc_id)  # no orphans from an older identity or run
+        report.results.append(DocResult(source.source, FAILED, source.doc_id, source.title, reason))
+
+
+def decide_kind(sniffed: str | None, hint: str | None, local: bool, location: str) -> str:
+    """Trust the bytes, not the name or the Content-Type: but a PDF we asked for must be a PDF."""
+    if sniffed == "pdf":
+        return "pdf"
+    if sniffed is None:
+        raise ParseError("unsupported binary content (not a PDF, HTML or text file)")
+    if hint == "pdf":
+        what = "an HTML page" if sniffed == "html" else "text"
+        raise ParseError(f"expected a PDF but got {what} (an error or login page?)")
+    if sniffed == "html" and not (local and hint in ("markdown", "text")):
+        return "html"
+    if hint in ("markdown", "text", "html"):
+        return hint
+    return "markdown" if location.lower().endswith((".md", ".markdown")) else "text"
+
+
+def _timed_parse(path: str, kind: str, min_chars: int) -> tuple[ParsedDocument | None, str | None, float]:
+    t0 = time.perf_counter()
+    try:
+        return parse_file(path, kind, min_chars), None, time.perf_counter() - t0
+    except ParseError as err:
+        return None, str(err), time.perf_counter() - t0
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, OSError):
+        return f"cannot read file: {err.strerror or err}"
+    return str(err)
+
+
+def ingest(
+    sources: list[Source],
+    settings: CoveSettings,
+    progress: ProgressCallback | None = None,
+    rebuild: bool = False,
+    bad_inputs=(),
+) -> IngestReport:
+    """Ingest `sources` into the library under `settings.home`. The one entry point for CLI and app."""
+    pipeline = IngestPipeline(settings, progress)
+    try:
+        return pipeline.run(sources, rebuild=rebuild, bad_inputs=bad_inputs)
+    finally:
+        pipeline.close()
