@@ -1,0 +1,238 @@
+"""Ingest benchmark: Cove against the LangChain-tutorial pipeline, on the same PDFs, in one run.
+
+    python benchmarks/ingest_bench.py [--corpus ../shared/corpus] [--sweep] [--markdown docs/benchmarks.md]
+
+Prints, for Cove: cold ingest time per stage, chunks/s, warm re-ingest time (in-process and as the
+`cove ingest` command); for the baseline (PyPDFLoader -> RecursiveCharacterTextSplitter(1000, 200) ->
+HuggingFaceEmbeddings(bundled MiniLM) -> Chroma.from_documents): time per stage; then the ratio of
+cold times and page-level recall@5 of both indexes on benchmarks/retrieval_questions.jsonl.
+Targets (issue 2): cold <= 0.35x baseline, warm < 3 s, recall@5 not below the baseline's.
+`--sweep` also measures recall and embedding time for several chunk sizes/overlaps (how the
+defaults were chosen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cove.embed import Embedder, resolve_model_path  # noqa: E402
+from cove.settings import BUNDLED_EMBED_MODEL, load_settings  # noqa: E402
+from cove.store import ChunkStore  # noqa: E402
+from ingest.pipeline import ingest  # noqa: E402
+from ingest.sources import expand_local  # noqa: E402
+
+QUESTIONS = Path(__file__).with_name("retrieval_questions.jsonl")
+
+
+def load_questions(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def hit(question: dict, retrieved: list[tuple[str, int]]) -> bool:
+    return any(src == question["source"] and page in question["pages"] for src, page in retrieved)
+
+
+def recall_at_k(questions: list[dict], retrieve) -> float:
+    return sum(hit(q, retrieve(q["question"])) for q in questions) / len(questions)
+
+
+# --- Cove --------------------------------------------------------------------------------------------
+
+
+def run_cove(corpus: Path, home: Path, questions: list[dict], overrides: dict | None = None) -> dict:
+    settings = load_settings({"home": str(home), **(overrides or {})})
+    sources, _ = expand_local(corpus)
+    t0 = time.perf_counter()
+    cold = ingest(sources, settings)
+    cold_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    warm = ingest(sources, settings)
+    warm_s = time.perf_counter() - t0
+    assert not warm.ingested, "warm run re-ingested something"
+
+    embedder = Embedder(settings.embed)
+    store = ChunkStore(settings)
+
+    def retrieve(question: str) -> list[tuple[str, int]]:
+        return [
+            (h.metadata["source"], h.metadata["page_start"]) for h in store.query(embedder.embed_query(question), 5)
+        ]
+
+    query_times = []
+    for q in questions:
+        t = time.perf_counter()
+        retrieve(q["question"])
+        query_times.append(time.perf_counter() - t)
+    return {
+        "cold_s": cold_s,
+        "warm_s": warm_s,
+        "stages": cold.timings,
+        "chunks": cold.chunks_written,
+        "docs": len(cold.ingested),
+        "failed": [(r.source, r.reason) for r in cold.failed],
+        "recall@5": recall_at_k(questions, retrieve),
+        "query_p50_ms": 1000 * sorted(query_times)[len(query_times) // 2],
+    }
+
+
+def warm_cli_seconds(corpus: Path, home: Path) -> float:
+    """The warm re-ingest as a user runs it: a new `cove` process (imports included)."""
+    env = {**os.environ, "COVE_HOME": str(home)}
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "ingest", "--from", str(corpus)],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - t0
+
+
+# --- the LangChain tutorial baseline -------------------------------------------------------------------
+
+
+def run_baseline(corpus: Path, workdir: Path, questions: list[dict]) -> dict:
+    from langchain_chroma import Chroma
+    from langchain_community.document_loaders import PyPDFLoader
+    from langchain_huggingface import HuggingFaceEmbeddings
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    stages = {}
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
+    docs = []
+    for pdf in sorted(corpus.glob("*.pdf")):
+        docs.extend(PyPDFLoader(str(pdf)).load())
+    stages["load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    splits = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200).split_documents(docs)
+    stages["split"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    embeddings = HuggingFaceEmbeddings(model_name=resolve_model_path(BUNDLED_EMBED_MODEL))
+    stages["model_load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    db = Chroma.from_documents(splits, embeddings, persist_directory=str(workdir / "baseline-chroma"))
+    stages["embed+store"] = time.perf_counter() - t0
+    total = time.perf_counter() - t_all
+
+    def retrieve(question: str) -> list[tuple[str, int]]:
+        return [
+            (Path(d.metadata["source"]).name, int(d.metadata["page"]) + 1) for d in db.similarity_search(question, 5)
+        ]
+
+    return {"cold_s": total, "stages": stages, "chunks": len(splits), "recall@5": recall_at_k(questions, retrieve)}
+
+
+# --- chunk-size sweep ---------------------------------------------------------------------------------
+
+
+def sweep(corpus: Path, workdir: Path, questions: list[dict]) -> list[dict]:
+    rows = []
+    for size, overlap in [(800, 100), (1000, 150), (1200, 150), (1500, 200)]:
+        for backend in ("torch", "torch-int8"):
+            home = workdir / f"sweep-{size}-{overlap}-{backend}"
+            result = run_cove(
+                corpus, home, questions, {"chunk": {"size": size, "overlap": overlap}, "embed": {"backend": backend}}
+            )
+            rows.append(
+                {
+                    "size": size,
+                    "overlap": overlap,
+                    "backend": backend,
+                    "chunks": result["chunks"],
+                    "embed_s": result["stages"]["embed"],
+                    "cold_s": result["cold_s"],
+                    "recall@5": result["recall@5"],
+                }
+            )
+            print(
+                f"  sweep size={size} overlap={overlap} {backend:<10} chunks={result['chunks']:5d} "
+                f"embed={result['stages']['embed']:.1f}s recall@5={result['recall@5']:.2f}",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
+    parser.add_argument("--questions", type=Path, default=QUESTIONS)
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args()
+    if not args.corpus.is_dir():
+        sys.exit(f"corpus not found: {args.corpus} (the shared corpus must sit beside the repo)")
+    questions = load_questions(args.questions)
+    pdfs = sorted(args.corpus.glob("*.pdf"))
+    print(
+        f"Corpus: {len(pdfs)} PDFs, {sum(p.stat().st_size for p in pdfs) / 1e6:.1f} MB; "
+        f"{len(questions)} retrieval questions; {os.cpu_count()} CPUs",
+        flush=True,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="cove-bench-") as tmp:
+        work = Path(tmp)
+        cove = run_cove(args.corpus, work / "cove", questions)
+        cove["warm_cli_s"] = warm_cli_seconds(args.corpus, work / "cove")
+        s = cove["stages"]
+        print(
+            f"\nCove cold ingest: {cove['cold_s']:.1f}s for {cove['docs']} docs, {cove['chunks']} chunks "
+            f"({cove['chunks'] / cove['cold_s']:.1f} chunks/s overall, {cove['chunks'] / max(s['embed'], 1e-9):.1f} "
+            f"chunks/s embedding)"
+        )
+        print("  stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in s.items()))
+        print("  (parse is summed over worker processes; it overlaps embedding)")
+        print(f"Cove warm re-ingest: {cove['warm_s']:.2f}s in-process, {cove['warm_cli_s']:.2f}s as `cove ingest`")
+        print(f"Cove recall@5: {cove['recall@5']:.2f}; query p50 {cove['query_p50_ms']:.0f} ms")
+        if cove["failed"]:
+            print(f"  failed: {cove['failed']}")
+        results = {"cove": cove}
+        if not args.skip_baseline:
+            base = run_baseline(args.corpus, work, questions)
+            results["baseline"] = base
+            print(
+                f"\nBaseline cold ingest: {base['cold_s']:.1f}s, {base['chunks']} chunks "
+                f"({base['chunks'] / base['cold_s']:.1f} chunks/s)"
+            )
+            print("  stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in base["stages"].items()))
+            print(f"Baseline recall@5: {base['recall@5']:.2f}")
+            ratio = cove["cold_s"] / base["cold_s"]
+            results["ratio"] = ratio
+            print(
+                f"\nCold ingest ratio Cove/baseline: {ratio:.2f}x (target <= 0.35x) "
+                f"-> {'PASS' if ratio <= 0.35 else 'MISS'}"
+            )
+            print(
+                f"Warm re-ingest: {cove['warm_cli_s']:.2f}s (target < 3 s) -> "
+                f"{'PASS' if cove['warm_cli_s'] < 3 else 'MISS'}"
+            )
+            print(
+                f"Recall@5: Cove {cove['recall@5']:.2f} vs baseline {base['recall@5']:.2f} -> "
+                f"{'PASS' if cove['recall@5'] >= base['recall@5'] else 'MISS'}"
+            )
+        if args.sweep:
+            print("\nChunking / backend sweep:")
+            results["sweep"] = sweep(args.corpus, work, questions)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
