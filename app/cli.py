@@ -46,6 +46,7 @@ class _ProgressBars:
         self.embedded = 0  # chunks embedded by finished documents
         self.embed_total = 0
         self.current_doc = ""
+        self._last_total = 0
 
     def __call__(self, event) -> None:
         if event.stage == "done":
@@ -64,7 +65,7 @@ class _ProgressBars:
     def _embed(self, event) -> None:
         task = self._task("embed")
         if event.source != self.current_doc:
-            self.embedded += self._last_total if self.current_doc else 0
+            self.embedded += self._last_total
             self.embed_total += event.total
             self.current_doc = event.source
         self._last_total = event.total

@@ -100,6 +100,13 @@ def make_corrupt_pdf(source: Path) -> bytes:
 # --- a real HTTP server on loopback ------------------------------------------------------------------
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # clients hang up on purpose (size cap, timeouts)
+        pass
+
+
 class FixtureServer:
     """Routes: see `_Handler.do_GET`. `hits` counts requests per path; `pdf` is served as a paper."""
 
@@ -108,8 +115,7 @@ class FixtureServer:
         self.article = (FIXTURES / "circuits_article.html").read_bytes()
         self.hits: Counter[str] = Counter()
         self.etag = '"v1"'
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

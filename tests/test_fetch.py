@@ -84,8 +84,14 @@ def test_connection_refused_is_retried_then_reported(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with _fetcher(tmp_path, retries=1) as f, pytest.raises(FetchError, match="connection failed .* 2 attempt"):
-        f.fetch(f"http://127.0.0.1:{port}/x.pdf")
+    with _fetcher(tmp_path, retries=1) as f:
+        with pytest.raises(FetchError, match="connection failed .* 2 attempt"):
+            f.fetch(f"http://127.0.0.1:{port}/x.pdf")
+        slept = []
+        f.sleep = slept.append
+        with pytest.raises(FetchError, match="host unreachable earlier"):  # fails fast, no retries
+            f.fetch(f"http://127.0.0.1:{port}/y.pdf")
+        assert slept == []
 
 
 def test_stale_cache_is_used_when_server_is_gone(http_server, tmp_path):
