@@ -239,6 +239,124 @@ def library(
     Console().print(table)
 
 
+# --- ask ---------------------------------------------------------------------------------------------
+
+
+class _AnswerPrinter:
+    """Shows the engine's AnswerEvents: the CoVe steps on stderr, streamed answer tokens on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if event.stage == "token":
+            console.print(event.message, end="", style="dim", markup=False, highlight=False)
+        elif event.stage == "verify":
+            v = event.data
+            if v is not None and hasattr(v, "supported"):
+                mark = "supported" if v.supported else "not supported"
+                console.print(f"  [cyan]verify[/] {v.question} -> {v.answer} [{mark}]", markup=True, highlight=False)
+        elif event.stage in ("retrieve", "draft", "plan", "revise", "check") and isinstance(event.data, type(None)):
+            console.print(f"[bold cyan]{event.stage}[/] {event.message}", highlight=False)
+
+
+def _read_history(path: Path | None) -> list[dict[str, str]] | None:
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise typer.BadParameter(f"cannot read history {path}: {err}") from err
+    turns = data.get("history", data) if isinstance(data, dict) else data
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and "role" in t and "content" in t for t in turns):
+        raise typer.BadParameter(f"{path}: history must be a list of {{'role', 'content'}} objects")
+    return turns
+
+
+def _print_answer(answer) -> None:
+    out = Console()
+    out.print()
+    out.print(answer.answer, markup=False, highlight=False)
+    if answer.corrections:
+        console.print("[yellow]checks:[/] " + "; ".join(answer.corrections), highlight=False)
+    for c in answer.citations:
+        out.print(f"  [{c.n}] {c.title} ({c.source}), p. {c.page}: \u201c{c.quote}\u201d  {c.url}", markup=False)
+    if answer.refused and answer.retrieved:
+        out.print("  closest: " + ", ".join(f"{r['source']} p.{r['page']}" for r in answer.retrieved[:3]), markup=False)
+
+
+@app.command()
+def ask(
+    question: Annotated[str | None, typer.Argument(help="The question.")] = None,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", help="cove (default) or baseline.")] = None,
+    history: Annotated[
+        Path | None, typer.Option("--history", help="JSON file: earlier turns [{role, content}].")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    batch: Annotated[Path | None, typer.Option("--batch", help="JSON Lines of {id, question, history?}.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where --batch writes answers (JSON Lines).")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Sources given to the model.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="GGUF path, or model name on --openai-url.")] = None,
+    openai_url: Annotated[str | None, typer.Option("--openai-url", help="OpenAI-compatible server URL.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Answer a question from the library, with verified, page-level citations."""
+    from cove.answer import AnswerEngine
+    from cove.llm import ModelError
+
+    if pipeline not in (None, "cove", "baseline"):
+        raise typer.BadParameter("--pipeline must be 'cove' or 'baseline'")
+    model_opts: dict[str, Any] = {"model": model}
+    if openai_url:
+        model_opts = {"backend": "openai", "openai_url": openai_url, "openai_model": model}
+    settings = _settings(home, retrieve={"k": k}, model=model_opts, answer={"pipeline": pipeline})
+    if not settings.catalog_path.exists():
+        console.print(f"[red]No library at {settings.home_dir}.[/] Add papers first: cove ingest --from <folder>")
+        raise typer.Exit(2)
+    engine = AnswerEngine(settings)
+    try:
+        if batch is not None:
+            _ask_batch(engine, batch, out, pipeline)
+            return
+        if not question:
+            raise typer.BadParameter("give a question, or --batch FILE")
+        answer = engine.ask(question, _read_history(history), pipeline, _AnswerPrinter(quiet=as_json))
+    except ModelError as err:
+        console.print(f"[red]Model error:[/] {err}")
+        raise typer.Exit(3) from err
+    if as_json:
+        print(json.dumps(answer.to_json(), ensure_ascii=False))
+    else:
+        _print_answer(answer)
+
+
+def _ask_batch(engine, batch: Path, out: Path | None, pipeline: str | None) -> None:
+    lines = [line for line in batch.read_text().splitlines() if line.strip()]
+    sink = out.open("w") if out else sys.stdout
+    try:
+        with Progress(
+            TextColumn("Answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
+            task = progress.add_task("ask", total=len(lines))
+            for number, line in enumerate(lines, start=1):
+                try:
+                    item = json.loads(line)
+                    question = item["question"]
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    console.print(f"[red]line {number}: not a question object ({err}); skipped[/]")
+                    progress.advance(task)
+                    continue
+                answer = engine.ask(question, item.get("history"), pipeline, id=str(item.get("id", number)))
+                sink.write(json.dumps(answer.to_json(), ensure_ascii=False) + "\n")
+                sink.flush()
+                progress.advance(task)
+    finally:
+        if out:
+            sink.close()
+
+
 def main() -> None:
     try:
         app()

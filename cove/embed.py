@@ -51,7 +51,10 @@ class Embedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
+        import transformers
         from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in CLI output
 
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
@@ -59,6 +62,7 @@ class Embedder:
             model = SentenceTransformer(path, device="cpu")
         except Exception as err:
             raise EmbeddingModelError(f"cannot load embedding model {self.settings.model!r}: {err}") from err
+        model.max_seq_length = min(self.settings.max_tokens, model.max_seq_length or self.settings.max_tokens)
         model.eval()
         if self.settings.backend == "torch-int8":
             with warnings.catch_warnings():  # torch warns that its quantized tensors are deprecated

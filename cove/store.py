@@ -22,6 +22,7 @@ class StoredChunk:
     text: str
     metadata: dict[str, Any]
     score: float = 0.0  # cosine similarity for query results
+    embedding: Any = None  # the stored vector, when asked for
 
 
 class ChunkStore:
@@ -89,22 +90,49 @@ class ChunkStore:
                 counts[meta["doc_id"]] = counts.get(meta["doc_id"], 0) + 1
         return counts
 
-    def query(self, embedding: list[float], k: int = 5, where: dict | None = None) -> list[StoredChunk]:
+    def all_chunks(self) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+        """Every chunk's id, text and metadata (to rebuild the lexical index from the source of truth)."""
+        ids: list[str] = []
+        texts: list[str] = []
+        metadatas: list[dict[str, Any]] = []
+        total = self.collection.count()
+        for offset in range(0, total, 5000):
+            batch = self.collection.get(include=["documents", "metadatas"], limit=5000, offset=offset)
+            ids.extend(batch["ids"])
+            texts.extend(batch["documents"])
+            metadatas.extend(batch["metadatas"])
+        return ids, texts, metadatas
+
+    def get(self, ids: list[str], with_embeddings: bool = False) -> list[StoredChunk]:
+        """Chunks by id, in the order asked (missing ids are left out)."""
+        if not ids:
+            return []
+        include = ["documents", "metadatas"] + (["embeddings"] if with_embeddings else [])
+        result = self.collection.get(ids=ids, include=include)
+        vectors = result["embeddings"] if with_embeddings else [None] * len(result["ids"])
+        by_id = {
+            i: StoredChunk(id=i, text=t, metadata=m, embedding=v)
+            for i, t, m, v in zip(result["ids"], result["documents"], result["metadatas"], vectors, strict=True)
+        }
+        return [by_id[i] for i in ids if i in by_id]
+
+    def query(
+        self, embedding: list[float], k: int = 5, where: dict | None = None, with_embeddings: bool = False
+    ) -> list[StoredChunk]:
+        """The k nearest chunks by cosine similarity (score = 1 - cosine distance)."""
         if self.collection.count() == 0:
             return []
-        result = self.collection.query(
-            query_embeddings=[embedding],
-            n_results=k,
-            where=where,
-            include=["documents", "metadatas", "distances"],
-        )
+        include = ["documents", "metadatas", "distances"] + (["embeddings"] if with_embeddings else [])
+        result = self.collection.query(query_embeddings=[embedding], n_results=k, where=where, include=include)
+        vectors = result["embeddings"][0] if with_embeddings else [None] * len(result["ids"][0])
         return [
-            StoredChunk(id=i, text=t, metadata=m, score=1.0 - d)
-            for i, t, m, d in zip(
+            StoredChunk(id=i, text=t, metadata=m, score=1.0 - d, embedding=v)
+            for i, t, m, d, v in zip(
                 result["ids"][0],
                 result["documents"][0],
                 result["metadatas"][0],
                 result["distances"][0],
+                vectors,
                 strict=True,
             )
         ]

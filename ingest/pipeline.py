@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cove.catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, DocumentRecord
 from cove.docs import ParsedDocument
+from cove.lexical import GENERATION_KEY, drop_other_lexical_indexes, sync_lexical_index
 from cove.settings import CoveSettings
 from ingest.arxiv import parse_api_response, split_version
 from ingest.chunk import chunk_document, embedding_text
@@ -126,6 +127,7 @@ class IngestPipeline:
         self._store = None
         self._embedder = None
         self._fetcher: Fetcher | None = None
+        self._store_changed = False
 
     # --- lazily created heavy parts: a run with nothing to do never loads them --------------------
     @property
@@ -150,6 +152,20 @@ class IngestPipeline:
             self._fetcher = Fetcher(self.settings.fetch, self.settings.cache_dir)
         return self._fetcher
 
+    def _store_for_writing(self):
+        """The vector store, after telling readers that the lexical index is about to lag behind.
+
+        The generation is bumped *before* the write, so a crash mid-write still leaves a mismatch
+        that makes the next reader (or ingest) rebuild the BM25 index."""
+        self.catalog.bump_meta_counter(GENERATION_KEY)
+        self._store_changed = True
+        return self.store
+
+    def _sync_lexical(self) -> None:
+        t0 = time.perf_counter()
+        sync_lexical_index(self.settings, self.catalog, self.store)
+        self.timings["lexical"] = time.perf_counter() - t0
+
     def close(self) -> None:
         if self._fetcher is not None:
             self._fetcher.close()
@@ -167,6 +183,8 @@ class IngestPipeline:
 
         work = self._fetch_all(sources, report, force=rebuild)
         self._parse_and_index(work, report)
+        if self._store_changed:
+            self._sync_lexical()
         self.catalog.set_meta("index_id", self.settings.index_id())
         self.timings["total"] = time.perf_counter() - started
         report.timings = dict(self.timings)
@@ -178,9 +196,10 @@ class IngestPipeline:
         current = self.settings.index_id()
         stored = self.catalog.get_meta("index_id")
         if rebuild:
-            self.store.reset()
+            self._store_for_writing().reset()
         if stored and stored != current:
-            self.store.drop_other_indexes()
+            self._store_for_writing().drop_other_indexes()
+            drop_other_lexical_indexes(self.settings)
         return rebuild or bool(stored and stored != current)
 
     def _with_known_documents(self, sources: list[Source]) -> list[Source]:
@@ -325,7 +344,7 @@ class IngestPipeline:
         vectors = self._embed([embedding_text(c, title) for c in chunks], source.source)
         doc_fields = {"title": title, "source": source.source, "url": source.link, "kind": parsed.kind}
         t0 = time.perf_counter()
-        self.store.replace_document(
+        self._store_for_writing().replace_document(
             source.doc_id,
             [c.id for c in chunks],
             [c.text for c in chunks],
@@ -400,7 +419,7 @@ class IngestPipeline:
                 )
             )
             if previous is not None:
-                self.store.delete_document(source.doc_id)  # no orphans from an older identity or run
+                self._store_for_writing().delete_document(source.doc_id)  # no orphans from an older identity or run
         report.results.append(DocResult(source.source, FAILED, source.doc_id, source.title, reason))
 
 

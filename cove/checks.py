@@ -1,0 +1,300 @@
+"""Checks that do not trust the model: every answer sentence must be supported by the chunk it cites.
+
+The bundled 135M model misquotes its sources (a source saying "h = 8 ... heads" became "64 parallel
+attention heads"), so after generation each sentence is tested against the chunks it cites:
+
+- it must cite at least one source that exists;
+- every **number** in it must appear in a cited chunk (as a whole number, not inside another one);
+- every **named entity** (acronyms, CamelCase and capitalised names, GPT-2 style names) must appear;
+- most **key terms** (content words, stemmed) must appear; a paraphrase may swap a few words;
+- the sentence and the cited chunk must be semantically similar (MiniLM cosine above a threshold).
+
+A sentence that fails is *corrected* (replaced by the evidence sentence that best matches it, quoted
+verbatim) or *removed*, and the answer says which. If nothing supported is left, the answer becomes
+extractive: the evidence sentences most relevant to the question, quoted and cited.
+All of this is plain string and vector arithmetic: it holds however wrong the model is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cove.lexical import STOP_WORDS
+
+_CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?:\.\d+)?")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9\-']*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
+_NUMBER_WORDS = {
+    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
+    "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "sixteen": "16", "twenty": "20",
+}  # fmt: skip
+# Words an answer uses about anything; they are not evidence of support.
+_GENERIC = set(STOP_WORDS) | {
+    "paper", "papers", "source", "sources", "authors", "author", "uses", "use", "used", "using", "show", "shows",
+    "shown", "propose", "proposes", "proposed", "also", "like", "well", "based", "called", "known", "make",
+    "makes", "made", "approach", "method", "work", "study", "according", "stated", "state", "states", "text",
+    "answer", "question", "number", "total", "new", "first", "second", "one", "two", "three",
+}  # fmt: skip
+_SENTENCE_STARTERS = {"The", "This", "These", "That", "It", "In", "A", "An", "They", "We", "Its", "Each", "For"}
+
+
+@dataclass
+class Evidence:
+    """A numbered source as the checks see it: its text (plus title/section header) and vector."""
+
+    n: int
+    text: str
+    header: str = ""
+    vector: np.ndarray | None = None
+
+    @property
+    def full(self) -> str:
+        return f"{self.header}\n{self.text}"
+
+
+@dataclass
+class SentenceCheck:
+    sentence: str  # as the model wrote it (citations included)
+    cited: list[int]
+    supported: bool
+    reasons: list[str] = field(default_factory=list)  # why not supported
+    supported_by: int | None = None  # the cited source that supports it
+    similarity: float = 0.0
+
+
+# --- text helpers ----------------------------------------------------------------------------------
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences, each keeping the citations that follow it ('... heads. [1]' stays together)."""
+    text = re.sub(r"\s+", " ", text).strip()
+    if not text:
+        return []
+    # Move a citation that trails the full stop in front of it: "heads. [1]" -> "heads [1]."
+    text = re.sub(
+        r"([.!?])\s*((?:\[\d+(?:\s*[,;]\s*\d+)*\]\s*)+)", lambda m: f" {m.group(2).strip()}{m.group(1)} ", text
+    )
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def _citation_before_stop(match: re.Match) -> str:
+    return f" {match.group(2).strip()}{match.group(1)} "
+
+
+def citations(sentence: str) -> list[int]:
+    found: list[int] = []
+    for group in _CITATION.findall(sentence):
+        for part in re.split(r"[,;]", group):
+            if part.strip().isdigit() and int(part) not in found:
+                found.append(int(part))
+    return found
+
+
+def strip_citations(sentence: str) -> str:
+    return re.sub(r"\s+([.!?,;:])", r"\1", _CITATION.sub("", sentence)).strip()
+
+
+def numbers(text: str) -> set[str]:
+    """Numbers as written, normalised: '1,000' -> '1000', 'eight' -> '8', '0.10' -> '0.1'."""
+    found = set()
+    for raw in _NUMBER.findall(strip_citations(text)):
+        value = raw.replace(",", "")
+        if "." in value:
+            value = value.rstrip("0").rstrip(".") or "0"
+        found.add(value)
+    for word in _WORD.findall(text.lower()):
+        if word in _NUMBER_WORDS:
+            found.add(_NUMBER_WORDS[word])
+    return found
+
+
+def entities(sentence: str) -> set[str]:
+    """Names: acronyms (BLEU), CamelCase (LoRA), hyphenated names (GPT-2), capitalised words mid-sentence."""
+    found = set()
+    tokens = _WORD.findall(strip_citations(sentence))
+    for i, token in enumerate(tokens):
+        token = token.strip("-'")
+        if len(token) < 2:
+            continue
+        inner_caps = any(c.isupper() for c in token[1:])
+        capitalised = token[0].isupper() and i > 0 and token not in _SENTENCE_STARTERS
+        if inner_caps or capitalised or (any(c.isdigit() for c in token) and any(c.isalpha() for c in token)):
+            found.add(token)
+    return found
+
+
+def _stem(word: str) -> str:
+    word = word.lower()
+    for suffix in ("ations", "ation", "ings", "ing", "ies", "es", "ed", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def key_terms(sentence: str) -> set[str]:
+    """Content words, stemmed, that carry the claim (not stop words or words every answer uses)."""
+    return {
+        _stem(w)
+        for w in _WORD.findall(strip_citations(sentence))
+        if len(w) > 3 and w.lower() not in _GENERIC and not w.isupper()
+    }
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.replace("\u2011", "-").replace("\u2013", "-")).lower()
+
+
+def has_entity(entity: str, haystack: str) -> bool:
+    """Is the name in the text, allowing 'GPT-2' = 'GPT2' = 'GPT 2'? (`haystack` lower-cased.)"""
+    e = _normalise(entity)
+    return e in haystack or e.replace("-", "") in haystack.replace("-", "") or e.replace("-", " ") in haystack
+
+
+# --- the check -------------------------------------------------------------------------------------
+
+
+def numbers_without_context(sentence: str, evidence: Evidence) -> set[str]:
+    """Numbers of the claim that no source sentence states *about the same thing*.
+
+    Presence alone is not enough: a chunk saying "h = 8 ... heads. ... dmodel/h = 64" contains 64,
+    but not about heads. So a number counts only in a source sentence that shares a key term with
+    the claim (or anywhere, if the claim has no key terms)."""
+    claimed = numbers(sentence)
+    if not claimed:
+        return set()
+    terms = key_terms(sentence)
+    if not terms:
+        return claimed - numbers(evidence.full)
+    supported: set[str] = set()
+    for source_sentence in re.split(r"(?<=[.!?;:])\s+|\n", evidence.full):
+        found = claimed & numbers(source_sentence)
+        if found and terms & key_terms(source_sentence):
+            supported |= found
+    return claimed - supported
+
+
+def support_problems(sentence: str, evidence: Evidence, min_term_share: float = 0.6) -> list[str]:
+    """What in `sentence` the evidence does not back; [] when every check passes (similarity aside)."""
+    haystack = _normalise(evidence.full)
+    problems = []
+    missing_numbers = numbers_without_context(sentence, evidence)
+    if missing_numbers:
+        problems.append(f"number {', '.join(sorted(missing_numbers))} not in source [{evidence.n}]")
+    missing_entities = sorted(e for e in entities(sentence) if not has_entity(e, haystack))
+    if missing_entities:
+        problems.append(f"{', '.join(missing_entities)} not in source [{evidence.n}]")
+    terms = key_terms(sentence)
+    if terms:
+        source_terms = {_stem(w) for w in _WORD.findall(evidence.full)}
+        share = len(terms & source_terms) / len(terms)
+        if share < min_term_share:
+            missing = sorted(terms - source_terms)
+            problems.append(f"key terms {', '.join(missing[:4])} not in source [{evidence.n}]")
+    return problems
+
+
+def check_sentence(
+    sentence: str,
+    sources: dict[int, Evidence],
+    sentence_vector: np.ndarray | None,
+    min_similarity: float,
+) -> SentenceCheck:
+    cited = citations(sentence)
+    check = SentenceCheck(sentence, cited, supported=False)
+    unknown = [n for n in cited if n not in sources]
+    if unknown:
+        check.reasons.append(f"cites source {unknown[0]}, which does not exist")
+    # An uncited sentence may still be backed by a source: then the checks, not the model, cite it.
+    candidates = cited or sorted(sources)
+    best_reasons: list[str] | None = None
+    for n in candidates:
+        if n not in sources:
+            continue
+        evidence = sources[n]
+        problems = support_problems(sentence, evidence)
+        similarity = 1.0
+        if sentence_vector is not None and evidence.vector is not None:
+            similarity = float(sentence_vector @ evidence.vector)
+            if similarity < min_similarity:
+                problems.append(f"meaning too far from source [{n}] (similarity {similarity:.2f})")
+        if not problems:
+            check.supported, check.supported_by, check.similarity = True, n, similarity
+            check.reasons = []
+            return check
+        if best_reasons is None or len(problems) < len(best_reasons):
+            best_reasons = problems
+    check.reasons.extend(best_reasons or [])
+    if not cited:
+        check.reasons.insert(0, "cites no source and no source supports it")
+    return check
+
+
+def evidence_sentences(evidence: Evidence) -> list[str]:
+    """The source's own sentences, as quotable units (verbatim, whitespace tidied)."""
+    out = []
+    for sentence in _SENTENCE_END.split(re.sub(r"\s+", " ", evidence.text)):
+        sentence = sentence.strip()
+        if 30 <= len(sentence) <= 400 and sum(c.isalpha() for c in sentence) > len(sentence) * 0.5:
+            out.append(sentence)
+    return out
+
+
+def best_evidence_sentence(
+    target_terms: set[str], target_numbers: set[str], candidates: Sequence[Evidence]
+) -> tuple[str, int, float] | None:
+    """The source sentence sharing most key terms (and numbers) with a target; (sentence, n, score)."""
+    best = None
+    for evidence in candidates:
+        for sentence in evidence_sentences(evidence):
+            terms = key_terms(sentence)
+            if not terms:
+                continue
+            overlap = len(target_terms & terms) + 2 * len(target_numbers & numbers(sentence))
+            score = overlap / (len(target_terms) + 2 * len(target_numbers) or 1)
+            if best is None or score > best[2]:
+                best = (sentence, evidence.n, score)
+    return best
+
+
+def quote(sentence: str, n: int) -> str:
+    return f'"{sentence}" [{n}]'
+
+
+_NUMERIC_QUESTION = re.compile(
+    r"\b(how (many|much|long|large|big|fast)|what (percentage|fraction|number|size))\b", re.IGNORECASE
+)
+
+
+def wants_number(question: str) -> bool:
+    """'How many heads ...?' is answered by a number."""
+    return bool(_NUMERIC_QUESTION.search(question))
+
+
+def extractive_answer(
+    question: str,
+    sources: Sequence[Evidence],
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    max_sentences: int = 2,
+) -> list[tuple[str, int]]:
+    """The evidence sentences most relevant to the question: [(sentence, source number)]."""
+    pool = [(s, e.n) for e in sources for s in evidence_sentences(e)]
+    if not pool:
+        return []
+    q_terms = key_terms(question) | {_stem(w) for w in entities(question)}
+    lexical = np.array([len(q_terms & key_terms(s)) / (len(q_terms) or 1) for s, _ in pool])
+    if wants_number(question):  # prefer passages that state a number
+        lexical = lexical + np.array([0.3 if numbers(s) else 0.0 for s, _ in pool])
+    scores = lexical
+    if embed is not None:
+        vectors = embed([question] + [s for s, _ in pool])
+        scores = 0.5 * lexical + 0.5 * (vectors[1:] @ vectors[0])
+    order = np.argsort(-scores)
+    picked: list[tuple[str, int]] = []
+    for i in order[:max_sentences]:
+        picked.append(pool[int(i)])
+    return picked

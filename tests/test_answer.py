@@ -1,0 +1,190 @@
+"""The answer engine end to end with the real bundled SmolLM2 model over a small real library."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from cove import checks
+from cove.llm import LlamaCppModel, ModelError, resolve_model_path
+from cove.settings import BUNDLED_CHAT_MODEL, load_settings
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADS = "How many parallel attention heads does the base Transformer use?"
+
+
+def chunk_texts(settings, doc_id: str, page: int) -> str:
+    from cove.store import ChunkStore
+
+    got = ChunkStore(settings).collection.get(where={"doc_id": doc_id}, include=["documents", "metadatas"])
+    return " ".join(t for t, m in zip(got["documents"], got["metadatas"], strict=True) if m["page_start"] == page)
+
+
+def assert_cited_and_checked(answer, settings):
+    assert not answer.refused, answer.answer
+    assert answer.citations, answer.to_json()
+    numbers_cited = {c.n for c in answer.citations}
+    for sentence in checks.split_sentences(answer.answer):
+        found = checks.citations(sentence)
+        assert found and set(found) <= numbers_cited, sentence  # every sentence cites a listed source
+    for c in answer.citations:
+        page_text = " ".join(chunk_texts(settings, c.doc_id, c.page).split())
+        assert " ".join(c.quote.rstrip("\u2026").split()) in page_text  # quotes are verbatim
+        assert c.url.endswith(f"#page={c.page}") or c.source.endswith(".md")
+
+
+def test_cove_answer_is_cited_verified_and_costed(engine, small_library):
+    events = []
+    answer = engine.ask(HEADS, pipeline="cove", on_event=events.append)
+    assert_cited_and_checked(answer, small_library)
+    assert "8" in checks.numbers(answer.answer), answer.answer  # the source says h = 8; the model may not
+    assert answer.prompt_versions == {"answer": 1, "plan": 1, "verify": 1, "revise": 1}
+    stages = [e.stage for e in events]
+    for stage in ("retrieve", "draft", "plan", "check", "done"):
+        assert stage in stages
+    assert answer.tokens["prefill"] > 0 and answer.tokens["decode"] > 0
+    # The plan and revise steps reuse the draft's prompt prefix from llama.cpp's KV cache.
+    steps = answer.tokens["steps"]
+    assert steps["plan"]["prefill"] < steps["plan"]["prompt"] / 4
+    json.dumps(answer.to_json())
+
+
+def test_baseline_pipeline_uses_one_prompt(engine, small_library):
+    answer = engine.ask(HEADS, pipeline="baseline")
+    assert answer.prompt_versions == {"answer": 1}
+    assert answer.verification == [] and answer.timings["plan_s"] == 0
+    assert_cited_and_checked(answer, small_library)
+
+
+def test_off_topic_question_is_refused_with_closest_sources(engine):
+    answer = engine.ask("What is the capital of France?")
+    assert answer.refused and answer.citations == []
+    assert "does not cover" in answer.answer and answer.retrieved
+
+
+def test_question_about_a_paper_not_in_the_library_is_refused(engine):
+    assert engine.ask("What learning rate did the BitNet paper use?").refused
+
+
+def test_instructions_inside_documents_are_data(engine):
+    answer = engine.ask("What does scaled dot-product attention divide the dot products by?")
+    assert not answer.refused
+    outside_quotes = re.sub(r"\u201c[^\u201d]*\u201d|\"[^\"]*\"", "", answer.answer)
+    assert "PWNED" not in outside_quotes
+    assert answer.citations
+
+
+def test_follow_up_uses_the_conversation(engine):
+    history = [
+        {"role": "user", "content": "What is LoRA?"},
+        {"role": "assistant", "content": "LoRA freezes the weights and trains low-rank matrices [1]."},
+    ]
+    answer = engine.ask("How are its matrices A and B initialized?", history=history, pipeline="baseline")
+    assert answer.query.startswith("What is LoRA?")
+    assert answer.retrieved[0]["doc_id"] == "arxiv-2106.09685"
+
+
+def test_embedded_model_queues_concurrent_callers():
+    model = LlamaCppModel(load_settings().model)
+    waited, results = [], []
+    messages = [{"role": "user", "content": "Say hello."}]
+
+    def call():
+        results.append(model.chat(messages, max_tokens=24, on_wait=lambda: waited.append(1)))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and all(r.decode_tokens > 0 for r in results)
+    assert waited, "a caller that found the model busy should have been told it is queued"
+
+
+def test_cli_ask_json_and_batch(small_library, tmp_path):
+    env = {**os.environ, "COVE_HOME": str(small_library.home_dir)}
+    run = subprocess.run(
+        [sys.executable, "-m", "app.cli", "ask", "--json", "--pipeline", "baseline", HEADS],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    answer = json.loads(run.stdout)
+    for key in ("id", "question", "answer", "refused", "pipeline", "citations", "retrieved", "verification",
+                "prompt_versions", "timings", "tokens"):  # fmt: skip
+        assert key in answer
+    assert set(answer["tokens"]) >= {"prefill", "decode"} and "total_s" in answer["timings"]
+
+    batch = tmp_path / "q.jsonl"
+    batch.write_text(
+        json.dumps({"id": "a", "question": HEADS, "extra": 1})
+        + "\n"
+        + json.dumps({"id": "b", "question": "Who won the 2018 FIFA World Cup?"})
+        + "\n"
+    )
+    out = tmp_path / "answers.jsonl"
+    run = subprocess.run(
+        [sys.executable, "-m", "app.cli", "ask", "--batch", str(batch), "--out", str(out), "--pipeline", "baseline"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b"] and rows[1]["refused"] and not rows[0]["refused"]
+
+
+# --- the OpenAI-compatible backend against a real llama.cpp server ------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model_path(BUNDLED_CHAT_MODEL),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    pytest.fail("llama_cpp.server did not start within 120 s")
+
+
+def test_openai_compatible_backend_with_a_real_server(small_library):
+    from cove.answer import AnswerEngine
+
+    port = free_port()
+    proc = start_server(port)
+    try:
+        settings = small_library.model_copy(
+            update={"model": small_library.model.model_copy(
+                update={"backend": "openai", "openai_url": f"http://127.0.0.1:{port}/v1", "timeout_s": 60}
+            )}
+        )  # fmt: skip
+        engine = AnswerEngine(settings)
+        streamed = []
+        answer = engine.ask(HEADS, pipeline="cove", on_event=lambda e: e.stage == "token" and streamed.append(e))
+        assert_cited_and_checked(answer, small_library)
+        assert streamed and answer.tokens["prefill"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with pytest.raises(ModelError, match="unreachable"):
+        engine.ask(HEADS, pipeline="baseline")
