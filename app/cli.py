@@ -114,22 +114,7 @@ def ingest(
         embed={"model": embed_model, "backend": embed_backend},
         parse={"workers": workers},
     )
-    chosen: list[src.Source] = []
-    bad: list[tuple[str, str]] = []
-    for path in from_ or []:
-        found, problems = src.expand_local(path)
-        chosen += found
-        bad += problems
-    for item in (url or []) + (arxiv or []):
-        try:
-            chosen.append(src.from_arxiv(item) if item in (arxiv or []) else src.from_text(item))
-        except src.SourceError as err:
-            bad.append((item, str(err)))
-    for md in reading_list or []:
-        try:
-            chosen += src.parse_markdown_reading_list(md.read_text(encoding="utf-8"))
-        except OSError as err:
-            bad.append((str(md), f"cannot read reading list: {err.strerror or err}"))
+    chosen, bad = src.collect_sources(from_ or [], url or [], arxiv or [], reading_list or [])
     if not (from_ or url or arxiv or reading_list):
         chosen = src.curated_reading_list()
         console.print(f"Ingesting the curated reading list ({len(chosen)} papers and articles).")
@@ -355,6 +340,49 @@ def _ask_batch(engine, batch: Path, out: Path | None, pipeline: str | None) -> N
     finally:
         if out:
             sink.close()
+
+
+# --- chat ----------------------------------------------------------------------------------------------
+
+
+@app.command()
+def chat(
+    port: Annotated[int | None, typer.Option("--port", help="Port (default 8501, or COVE_APP__PORT).")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (default 127.0.0.1: this machine only).")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="GGUF path, or model name on --openai-url.")] = None,
+    openai_url: Annotated[str | None, typer.Option("--openai-url", help="OpenAI-compatible server URL.")] = None,
+    open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open a browser tab.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Start the web chat app (Streamlit) over the library."""
+    import os
+
+    model_opts: dict[str, Any] = {"model": model}
+    if openai_url:
+        model_opts = {"backend": "openai", "openai_url": openai_url, "openai_model": model}
+    settings = _settings(home, app={"port": port, "host": host}, model=model_opts)
+    # The app reads its settings from the environment: hand over what the flags changed.
+    env = dict(os.environ, COVE_HOME=str(settings.home_dir))
+    for key, value in (("BACKEND", settings.model.backend), ("MODEL", settings.model.model)):
+        env[f"COVE_MODEL__{key}"] = value
+    if settings.model.openai_url:
+        env["COVE_MODEL__OPENAI_URL"] = settings.model.openai_url
+        env["COVE_MODEL__OPENAI_MODEL"] = settings.model.openai_model
+    server = Path(__file__).with_name("server.py")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(server),
+        "--server.address", settings.app.host,
+        "--server.port", str(settings.app.port),
+        "--server.headless", "false" if open_browser else "true",
+        "--server.maxUploadSize", str(settings.app.max_upload_mb),
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
+    ]  # fmt: skip
+    console.print(f"Cove chat: http://{settings.app.host}:{settings.app.port}  (library: {settings.home_dir})")
+    os.execvpe(command[0], command, env)
 
 
 def main() -> None:

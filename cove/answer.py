@@ -187,7 +187,7 @@ class AnswerEngine:
         answer.query = query
         emit(AnswerEvent("retrieve", f"searching the library for: {query}"))
         t0 = time.perf_counter()
-        hits = self.retriever.search(query).hits
+        hits = self.retriever.search(query, k=self.settings.retrieve.k).hits
         meter.timings["retrieve_s"] = time.perf_counter() - t0
         answer.retrieved = [
             {"source": h.source, "doc_id": h.doc_id, "page": h.page, "score": round(h.cosine, 4), "title": h.title}
@@ -346,7 +346,7 @@ class AnswerEngine:
             else:
                 answer.corrections.append(f"removed \u201c{shown}\u201d ({'; '.join(result.reasons)})")
 
-        if kept and checks.wants_number(question) and not any(checks.numbers(s) for s, _ in kept):
+        if kept and checks.wants_number(question) and not any(checks.states_number_about(s, question) for s, _ in kept):
             # "How many ...?" answered without a supported number is no answer: quote the evidence.
             answer.corrections.append("the answer gave no supported number: quoting the evidence instead")
             kept = []
@@ -365,7 +365,10 @@ class AnswerEngine:
         """Replace an unsupported sentence by the source sentence that best matches it, quoted; or None."""
         terms = checks.key_terms(sentence) | {checks._stem(e) for e in checks.entities(sentence)}
         cited = [evidence[n] for n in result.cited if n in evidence] or list(evidence.values())
-        best = checks.best_evidence_sentence(terms, checks.numbers(sentence), cited)
+        # A number the checks found unsupported is likely invented: match the quote on the terms only,
+        # or "2 heads" would be "corrected" to a sentence about "two sub-layers".
+        wrong_number = any(reason.startswith("number") for reason in result.reasons)
+        best = checks.best_evidence_sentence(terms, set() if wrong_number else checks.numbers(sentence), cited)
         if best is None or best[2] < 0.5:
             return None
         return checks.quote(best[0], best[1]).rsplit(" [", 1)[0], best[1]
@@ -375,7 +378,7 @@ class AnswerEngine:
         terms = checks.key_terms(question)
         if terms and not any(terms & checks.key_terms(s) for s, _ in picked):
             return False
-        return not checks.wants_number(question) or any(checks.numbers(s) for s, _ in picked)
+        return not checks.wants_number(question) or any(checks.states_number_about(s, question) for s, _ in picked)
 
     def _citations(self, kept: list[tuple[str, int]], evidence: dict[int, Evidence], hits: list[Hit]):
         out: list[Citation] = []

@@ -77,16 +77,24 @@ class DocumentRecord:
 _COLUMNS = [f.name for f in fields(DocumentRecord)]
 
 
+def open_sqlite(path: Path, schema: str) -> sqlite3.Connection:
+    """A SQLite file under the data directory: autocommit (a killed process loses nothing written),
+    WAL (readers never block the writer), shareable between threads, with `schema` applied."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.executescript(schema)
+    return db
+
+
 class Catalog:
     """SQLite-backed catalog. Every write commits at once (a killed process loses nothing written)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        self.db = open_sqlite(path, SCHEMA)
 
     def close(self) -> None:
         self.db.close()

@@ -162,20 +162,53 @@ def numbers_without_context(sentence: str, evidence: Evidence) -> set[str]:
     """Numbers of the claim that no source sentence states *about the same thing*.
 
     Presence alone is not enough: a chunk saying "h = 8 ... heads. ... dmodel/h = 64" contains 64,
-    but not about heads. So a number counts only in a source sentence that shares a key term with
-    the claim (or anywhere, if the claim has no key terms)."""
+    but not about heads, and a page says "two sub-layers" far from "attention heads". So a number
+    counts only where a source sentence states it within a few words of a key term that also sits
+    next to the number in the claim (or anywhere, if the claim has no key terms)."""
     claimed = numbers(sentence)
     if not claimed:
         return set()
-    terms = key_terms(sentence)
-    if not terms:
-        return claimed - numbers(evidence.full)
+    # The text only: the header's section numbers ("2 Background") state nothing about the claim.
+    if not key_terms(sentence):
+        return claimed - numbers(evidence.text)
+    claim_tokens = _number_term_tokens(sentence)
     supported: set[str] = set()
-    for source_sentence in re.split(r"(?<=[.!?;:])\s+|\n", evidence.full):
+    for source_sentence in re.split(r"(?<=[.!?;:])\s+|\n", evidence.text):
         found = claimed & numbers(source_sentence)
-        if found and terms & key_terms(source_sentence):
-            supported |= found
+        if not found:
+            continue
+        source_tokens = _number_term_tokens(source_sentence)
+        for number in found:
+            if _terms_near(claim_tokens, number) & _terms_near(source_tokens, number):
+                supported.add(number)
     return claimed - supported
+
+
+_TOKEN = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*|[A-Za-z][A-Za-z0-9\-']*")
+NUMBER_WINDOW = 6  # words either side of a number that say what it counts
+
+
+def _number_term_tokens(text: str) -> list[tuple[str, str]]:
+    """The text as a sequence of ("number", value) and ("term", stem) tokens (other words as "")."""
+    tokens = []
+    for raw in _TOKEN.findall(strip_citations(text)):
+        value = numbers(raw)
+        if value:
+            tokens.append(("number", next(iter(value))))
+        else:
+            terms = key_terms(raw)
+            tokens.append(("term", next(iter(terms))) if terms else ("", ""))
+    return tokens
+
+
+def _terms_near(tokens: list[tuple[str, str]], number: str) -> set[str]:
+    """Key terms within NUMBER_WINDOW words of an occurrence of `number`."""
+    near: set[str] = set()
+    for i, (kind, value) in enumerate(tokens):
+        if kind == "number" and value == number:
+            window = tokens[max(0, i - NUMBER_WINDOW) : i + NUMBER_WINDOW + 1]
+            near |= {v for k, v in window if k == "term"}
+    return near
 
 
 def support_problems(sentence: str, evidence: Evidence, min_term_share: float = 0.6) -> list[str]:
@@ -275,6 +308,21 @@ def wants_number(question: str) -> bool:
     return bool(_NUMERIC_QUESTION.search(question))
 
 
+def states_number_about(sentence: str, question: str) -> bool:
+    """Does `sentence` give a number next to something the question asks about ("h = 8 ... heads"
+    for "how many heads"), rather than a stray one ("Section 3.2.2")?"""
+    q_terms = key_terms(question) | {_stem(w) for w in entities(question)}
+    return _number_bonus(sentence, q_terms) >= 0.2
+
+
+def _number_bonus(sentence: str, question_terms: set[str]) -> float:
+    """0.15 per question term within a few words of a number in `sentence` (at most 0.45); a bare
+    number ("section 3.2") next to none of them earns little."""
+    tokens = _number_term_tokens(sentence)
+    best = max((len(_terms_near(tokens, v) & question_terms) for k, v in tokens if k == "number"), default=-1)
+    return 0.0 if best < 0 else 0.05 + 0.15 * min(best, 3)
+
+
 def extractive_answer(
     question: str,
     sources: Sequence[Evidence],
@@ -287,8 +335,8 @@ def extractive_answer(
         return []
     q_terms = key_terms(question) | {_stem(w) for w in entities(question)}
     lexical = np.array([len(q_terms & key_terms(s)) / (len(q_terms) or 1) for s, _ in pool])
-    if wants_number(question):  # prefer passages that state a number
-        lexical = lexical + np.array([0.3 if numbers(s) else 0.0 for s, _ in pool])
+    if wants_number(question):  # prefer sentences stating a number about what the question asks
+        lexical = lexical + np.array([_number_bonus(s, q_terms) for s, _ in pool])
     scores = lexical
     if embed is not None:
         vectors = embed([question] + [s for s, _ in pool])

@@ -16,6 +16,7 @@ engine uses to decide whether the library covers the question at all.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +128,9 @@ class Retriever:
         self.store = store or ChunkStore(settings)
         self.catalog = Catalog(settings.catalog_path)
         self._lexical = None
+        # Searches take milliseconds; one at a time keeps the BM25 rebuild and name index simple to
+        # share between the app's sessions (each runs in its own thread).
+        self._lock = threading.Lock()
         self._names: tuple[str, dict[str, set[str]]] | None = None
 
     def close(self) -> None:
@@ -175,6 +179,10 @@ class Retriever:
 
     def search(self, query: str, k: int | None = None, mode: str | None = None) -> RetrievalResult:
         """The top-k chunks for `query`. `mode`: "hybrid" (default), "dense" or "lexical"."""
+        with self._lock:
+            return self._search(query, k, mode)
+
+    def _search(self, query: str, k: int | None, mode: str | None) -> RetrievalResult:
         import numpy as np
 
         cfg = self.settings.retrieve

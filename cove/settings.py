@@ -177,6 +177,17 @@ class StoreSettings(BaseModel):
     collection_prefix: str = Field("cove_chunks", description="Chroma collection name prefix.")
 
 
+class AppSettings(BaseModel):
+    """The web chat app (`cove chat`)."""
+
+    host: str = Field("127.0.0.1", description="Address the app listens on; loopback keeps it private.")
+    port: int = Field(8501, ge=1, le=65535, description="Port the app listens on.")
+    show_verification: bool = Field(
+        True, description="Show the chain-of-verification steps (draft, questions, answers) under each answer."
+    )
+    max_upload_mb: int = Field(64, ge=1, description="Largest PDF accepted by upload, in megabytes.")
+
+
 class CoveSettings(BaseSettings):
     """All Cove settings. Build with ``CoveSettings()`` (env + defaults) or ``load_settings(**overrides)``."""
 
@@ -193,6 +204,7 @@ class CoveSettings(BaseSettings):
     retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings, description="Retrieval.")
     model: ModelSettings = Field(default_factory=ModelSettings, description="The chat model.")
     answer: AnswerSettings = Field(default_factory=AnswerSettings, description="Answering and checking.")
+    app: AppSettings = Field(default_factory=AppSettings, description="The web chat app.")
 
     # --- derived paths: everything lives under `home` -------------------------------------------
     @property
@@ -210,6 +222,14 @@ class CoveSettings(BaseSettings):
     @property
     def catalog_path(self) -> Path:
         return self.home_dir / "library.sqlite"
+
+    @property
+    def chats_path(self) -> Path:
+        return self.home_dir / "chats.sqlite"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home_dir / "uploads"
 
     # --- index identity ------------------------------------------------------------------------
     def index_identity(self) -> dict[str, Any]:
@@ -248,8 +268,11 @@ def load_settings(overrides: dict[str, Any] | None = None) -> CoveSettings:
 
     Overrides use the nested shape: ``{"chunk": {"size": 800}, "home": "/tmp/x"}``.
     """
-    base = CoveSettings()
+    return with_overrides(CoveSettings(), overrides)
+
+
+def with_overrides(settings: CoveSettings, overrides: dict[str, Any] | None) -> CoveSettings:
+    """A copy of `settings` with `overrides` (nested shape, None values ignored) applied and validated."""
     if not overrides:
-        return base
-    merged = _deep_merge(base.model_dump(), overrides)
-    return CoveSettings.model_validate(merged)
+        return settings
+    return CoveSettings.model_validate(_deep_merge(settings.model_dump(), overrides))

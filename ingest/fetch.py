@@ -103,8 +103,7 @@ class Fetcher:
 
     # --- internals --------------------------------------------------------------------------------
     def _cache_paths(self, url: str) -> tuple[Path, Path]:
-        key = hashlib.sha256(url.encode()).hexdigest()[:32]
-        return self.cache_dir / f"{key}.body", self.cache_dir / f"{key}.json"
+        return cache_paths(self.cache_dir, url)
 
     def _from_cache(self, url: str, body_path: Path, meta: dict) -> Fetched:
         with body_path.open("rb") as f:
@@ -204,6 +203,12 @@ class Fetcher:
         if wait > 0:
             self.sleep(wait)
         self._last_arxiv_request = time.monotonic()
+
+
+def cache_paths(cache_dir: Path, url: str) -> tuple[Path, Path]:
+    """Where the download of `url` lives in the cache: (body, metadata)."""
+    key = hashlib.sha256(url.encode()).hexdigest()[:32]
+    return cache_dir / f"{key}.body", cache_dir / f"{key}.json"
 
 
 def check_url(url: str) -> None:

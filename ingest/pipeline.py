@@ -28,7 +28,7 @@ from cove.lexical import GENERATION_KEY, drop_other_lexical_indexes, sync_lexica
 from cove.settings import CoveSettings
 from ingest.arxiv import parse_api_response, split_version
 from ingest.chunk import chunk_document, embedding_text
-from ingest.fetch import Fetcher, FetchError
+from ingest.fetch import Fetcher, FetchError, cache_paths
 from ingest.parse import ParseError, parse_file, sniff_kind
 from ingest.sources import Source, dedupe
 
@@ -110,6 +110,19 @@ def source_from_record(record: DocumentRecord) -> Source:
         authors=record.authors,
         year=record.year,
     )
+
+
+def document_file(record: DocumentRecord, settings: CoveSettings) -> Path | None:
+    """The copy of a document that was indexed (the user's file, or the cached download), if still there.
+    Citations open this copy: its page numbers are the ones the index knows."""
+    source = source_from_record(record)
+    path = Path(source.location) if source.local else cache_paths(settings.cache_dir, download_url(source, settings))[0]
+    return path if path.is_file() else None
+
+
+def download_url(source: Source, settings: CoveSettings) -> str:
+    """The URL a remote document's bytes are fetched from (arXiv papers: their PDF)."""
+    return settings.fetch.arxiv_pdf_base + source.arxiv_id if source.arxiv_id else source.location
 
 
 class IngestPipeline:
@@ -254,17 +267,12 @@ class IngestPipeline:
             with path.open("rb") as f:
                 head = f.read(4096)
         else:
-            url = self._download_url(source)
+            url = download_url(source, self.settings)
             fetched = self.fetcher.fetch(url)
             path = fetched.path
             with path.open("rb") as f:
                 head = f.read(4096)
         return path, decide_kind(sniff_kind(head), source.kind_hint, source.local, source.location)
-
-    def _download_url(self, source: Source) -> str:
-        if source.arxiv_id:
-            return self.settings.fetch.arxiv_pdf_base + source.arxiv_id
-        return source.location
 
     def _arxiv_metadata(self, source: Source) -> None:
         """Fill title, authors, year, version from the arXiv API; keep what we have if it fails.

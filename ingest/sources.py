@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -128,9 +129,67 @@ def expand_local(target: Path) -> tuple[list[Source], list[tuple[str, str]]]:
 
 def from_text(item: str) -> Source:
     """An arXiv id, arXiv URL or any http(s) URL, as typed by a user."""
+    item = item.strip()
     if parse_arxiv_id(item):
         return from_arxiv(item)
+    if urlsplit(item).scheme not in ("http", "https") or not urlsplit(item).hostname:
+        raise SourceError(f"not an arXiv id or an http(s) URL: {item!r}")
     return from_url(item)
+
+
+def collect_sources(
+    paths: Sequence[Path | str] = (),
+    items: Sequence[str] = (),
+    arxiv_ids: Sequence[str] = (),
+    reading_lists: Sequence[Path | str] = (),
+) -> tuple[list[Source], list[tuple[str, str]]]:
+    """Sources for what a user typed or picked (files/folders, URLs or arXiv ids, arXiv ids only,
+    Markdown reading lists), plus (input, reason) for each input that names nothing ingestible."""
+    chosen: list[Source] = []
+    bad: list[tuple[str, str]] = []
+    for path in paths:
+        found, problems = expand_local(Path(path))
+        chosen += found
+        bad += problems
+    for item, make in [(i, from_text) for i in items] + [(i, from_arxiv) for i in arxiv_ids]:
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            chosen.append(make(item))
+        except SourceError as err:
+            bad.append((item, str(err)))
+    for md in reading_lists:
+        try:
+            chosen += parse_markdown_reading_list(Path(md).read_text(encoding="utf-8"))
+        except OSError as err:
+            bad.append((str(md), f"cannot read reading list: {err.strerror or err}"))
+    return chosen, bad
+
+
+def from_upload(name: str, data: bytes, uploads_dir: Path, max_bytes: int) -> Source:
+    """A PDF uploaded through the app: checked, then saved under `uploads_dir` by its content hash,
+    so uploading the same file twice gives the same document (and the same copy on disk)."""
+    shown = Path(name).name or "upload.pdf"
+    if not data:
+        raise SourceError("the file is empty")
+    if len(data) > max_bytes:
+        raise SourceError(f"{len(data) / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit")
+    if b"%PDF-" not in data[:1024]:
+        raise SourceError("not a PDF (it does not start with %PDF-)")
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    stem = _slug(Path(shown).stem, 60) or "upload"
+    # An arXiv-named upload ("1706.03762v7.pdf") keeps its name, so it gets the paper's id.
+    arxiv_named = FILENAME_RE.match(Path(shown).stem)
+    target = uploads_dir / (f"{Path(shown).stem}.pdf" if arxiv_named else f"{stem}-{digest}.pdf")
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    if not target.exists() or target.read_bytes() != data:
+        partial = target.with_suffix(".part")
+        partial.write_bytes(data)
+        partial.replace(target)  # atomic: a killed upload leaves no half PDF behind
+    source = from_path(target)
+    source.source = shown
+    return source
 
 
 # --- reading lists -------------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""A chat over the library for any front end: the Streamlit app is a thin layer over this module.
+
+    service = ChatService(settings)              # one per process, shared by every browser session
+    chat = service.conversations.create()
+    message = service.ask(chat.id, "How many heads?", {"answer": {"pipeline": "baseline"}}, on_event)
+
+`ask` keeps the question, answers it with `cove.answer.AnswerEngine` (the conversation so far goes
+along for follow-ups) and keeps the answer. Whatever goes wrong (the model cannot load, the library
+is empty, a server went away) becomes an `error` message in the conversation with a plain reason:
+the front end never shows a traceback and never loses the conversation.
+
+The expensive parts are shared between sessions: one retriever (embedding model, Chroma, BM25) and
+one chat model per model setting (`cove.llm.load_chat_model`); model calls queue on the model's lock
+and a waiting caller is told so through its `on_event` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cove.answer import AnswerEngine, EventCallback
+from cove.catalog import STATUS_FAILED, STATUS_OK, Catalog, DocumentRecord
+from cove.conversations import ConversationStore, Message
+from cove.llm import ModelError
+from cove.settings import CoveSettings, with_overrides
+
+log = logging.getLogger("cove.chat")
+
+
+class LibraryEmpty(RuntimeError):
+    """No document of the library is ready to answer from."""
+
+
+@dataclass
+class LibraryStatus:
+    """What the library holds, for a sidebar or `cove library`."""
+
+    documents: list[DocumentRecord] = field(default_factory=list)
+
+    @property
+    def ready(self) -> list[DocumentRecord]:
+        return [d for d in self.documents if d.status == STATUS_OK]
+
+    @property
+    def failed(self) -> list[DocumentRecord]:
+        return [d for d in self.documents if d.status == STATUS_FAILED]
+
+    @property
+    def pages(self) -> int:
+        return sum(d.pages for d in self.ready)
+
+    @property
+    def chunks(self) -> int:
+        return sum(d.chunks for d in self.ready)
+
+    @property
+    def empty(self) -> bool:
+        return not self.ready
+
+
+def friendly_error(err: BaseException) -> str:
+    """A reason a reader can act on, without a traceback."""
+    if isinstance(err, LibraryEmpty):
+        return str(err)
+    if isinstance(err, ModelError):
+        return f"The model could not answer: {err}. Check the model setting, or pick the bundled model."
+    if isinstance(err, MemoryError):
+        return "Out of memory while answering; try fewer sources or a smaller model."
+    return f"Something went wrong while answering ({type(err).__name__}: {err}). The conversation is kept."
+
+
+class ChatService:
+    """The library, its conversations and its answer engine, shared by all sessions of a process."""
+
+    def __init__(self, settings: CoveSettings) -> None:
+        self.settings = settings
+        self.conversations = ConversationStore(settings.chats_path)
+        self._retriever = None
+        self._lock = threading.Lock()
+
+    # --- the library -------------------------------------------------------------------------------
+    def library(self) -> LibraryStatus:
+        if not self.settings.catalog_path.exists():
+            return LibraryStatus()
+        catalog = Catalog(self.settings.catalog_path)
+        try:
+            return LibraryStatus(sorted(catalog.all(), key=lambda d: (d.status != STATUS_OK, d.title or d.source)))
+        finally:
+            catalog.close()
+
+    def document_file(self, doc_id: str) -> tuple[Path, DocumentRecord] | None:
+        """The indexed copy of a document (what citation links open), or None."""
+        from ingest.pipeline import document_file
+
+        record = next((d for d in self.library().documents if d.doc_id == doc_id), None)
+        path = document_file(record, self.settings) if record else None
+        return (path, record) if path else None
+
+    def retriever(self):
+        """The shared retriever; built on first use (loading the embedding model takes seconds)."""
+        from cove.retrieve import Retriever
+
+        with self._lock:
+            if self._retriever is None:
+                self._retriever = Retriever(self.settings)
+            return self._retriever
+
+    # --- answering ---------------------------------------------------------------------------------
+    def ask(
+        self,
+        conversation_id: str,
+        question: str,
+        overrides: dict[str, Any] | None = None,
+        on_event: EventCallback | None = None,
+    ) -> Message:
+        """Answer `question` in a conversation; returns the kept answer, or the kept error message."""
+        history = self.conversations.history(conversation_id)
+        self.conversations.add_user(conversation_id, question)
+        try:
+            if self.library().empty:
+                raise LibraryEmpty("The library is empty: add papers first (sidebar, or `cove ingest`).")
+            settings = with_overrides(self.settings, overrides)
+            engine = AnswerEngine(settings, retriever=self.retriever())
+            answer = engine.ask(question, history, on_event=on_event, id=f"{conversation_id}-{int(time.time())}")
+        except Exception as err:  # every failure becomes a message in the conversation
+            log.warning("answering %r failed", question, exc_info=True)
+            return self.conversations.add_error(conversation_id, friendly_error(err))
+        return self.conversations.add_answer(conversation_id, answer)
+
+    # --- adding papers -------------------------------------------------------------------------------
+    def add_papers(
+        self,
+        sources: list,
+        bad_inputs: Sequence[tuple[str, str]] = (),
+        progress: Callable[[Any], None] | None = None,
+    ):
+        """Ingest `sources` (see `ingest.sources`); an `IngestReport`. Bad inputs are reported as failed."""
+        from ingest.pipeline import ingest
+
+        return ingest(sources, self.settings, progress, bad_inputs=list(bad_inputs))

@@ -1,0 +1,159 @@
+"""The chat app in a real browser: `cove chat` on a free 127.0.0.1 port over a small real library,
+driven by Playwright in headless Debian Chromium. Asks, waits for the cited answer, opens the cited
+page, saves a screenshot; then two sessions ask at once and both are answered.
+
+Screenshots go to $COVE_ARTIFACTS (default: .artifacts/ in the repo)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(os.environ.get("COVE_ARTIFACTS", ROOT / ".artifacts"))
+ANSWER_TIMEOUT_MS = 300_000
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not CHROMIUM.exists():
+    pytest.skip("Debian chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(small_library, tmp_path):
+    """`cove chat` as a user starts it, on a copy of the small library; its URL."""
+    home = tmp_path / "home"
+    shutil.copytree(small_library.home_dir, home)
+    port = free_port()
+    log = (tmp_path / "chat.log").open("w")
+    cove = Path(sys.executable).with_name("cove")
+    process = subprocess.Popen(
+        [str(cove), "chat", "--port", str(port), "--home", str(home)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok":
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (tmp_path / "chat.log").read_text()
+            assert time.time() < deadline, "cove chat did not start in 90 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def ask(page, question: str) -> None:
+    box = page.get_by_test_id("stChatInputTextArea")
+    box.wait_for(timeout=60_000)
+    box.fill(question)
+    box.press("Enter")
+
+
+def wait_for_answer(page) -> str:
+    """The finished status label (the status turns 'complete' when the checked answer is shown)."""
+    done = page.locator("summary", has_text=re.compile(r"\(\d+\.\d s")).first  # "Answered and checked (9.8 s)"
+    done.wait_for(timeout=ANSWER_TIMEOUT_MS)
+    return done.inner_text().strip().splitlines()[-1]  # after the icon name
+
+
+def test_ask_see_citations_open_the_cited_page(app_url, browser):
+    from pypdf import PdfReader
+
+    page = browser.new_page(viewport={"width": 1300, "height": 1100})
+    page.goto(app_url)
+    ask(page, "How many attention heads does the base Transformer use?")
+    label = wait_for_answer(page)
+    assert label.startswith("Answered"), label
+
+    # The answer carries numbered markers linking to the cited page; the sources panel lists them.
+    marker = page.locator('[data-testid="stChatMessage"] a[href*="/cove/doc/"]').first
+    marker.wait_for()
+    href = marker.get_attribute("href")
+    assert "#page=" in href
+    sources = page.get_by_text("Sources (").first
+    assert sources.is_visible()
+    open_link = page.get_by_role("link", name="Open page").first
+    quote = page.locator('[data-testid="stChatMessage"] blockquote').first.inner_text()
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-answer.png"), full_page=True)
+
+    # Opening a source: the link serves the indexed PDF, and the cited page holds the quoted passage.
+    target = open_link.get_attribute("href")
+    doc_url, page_number = target.split("#page=")
+    response = page.request.get(app_url + doc_url)
+    assert response.status == 200 and response.headers["content-type"] == "application/pdf"
+    reader = PdfReader(io.BytesIO(response.body()))
+    page_text = " ".join(reader.pages[int(page_number) - 1].extract_text().split())
+    words = [w.strip(".,;:()\u201c\u201d\"'\u2026") for w in quote.split()]
+    words = [w for w in words if len(w) > 3]
+    found = sum(1 for w in words if w in page_text)
+    assert found >= 0.8 * len(words), (quote, page_number)
+    with page.context.expect_page(timeout=30_000) as opened:
+        open_link.click()
+    assert opened.value.url.endswith(target.split("/")[-1])  # a new tab on the PDF at that page
+
+
+def test_two_sessions_at_once_both_answered(app_url, browser):
+    pages = []
+    for question in (
+        "How many attention heads does the base Transformer use?",
+        "What rank r does LoRA use for its adaptation matrices?",
+    ):
+        context = browser.new_context(viewport={"width": 1200, "height": 900})  # separate sessions
+        page = context.new_page()
+        page.goto(app_url)
+        page.get_by_test_id("stChatInputTextArea").wait_for(timeout=60_000)
+        pages.append((page, question))
+    for page, question in pages:
+        ask(page, question)
+    labels = [wait_for_answer(page) for page, _ in pages]
+    assert all(label.startswith(("Answered", "Refused")) for label in labels), labels
+    # The model answers one call at a time; a session that had to wait said so.
+    assert any("after waiting for the model" in label for label in labels), labels
+    pages[1][0].screenshot(path=str(ARTIFACTS / "chat-second-session.png"), full_page=True)
