@@ -420,4 +420,7 @@ def main() -> None:
         st.session_state.last_answer_s = time.perf_counter() - started
 
 
-main()
+# `streamlit run` executes this file as __main__; a spawned ingest worker that re-imports it (as
+# __mp_main__) must not start a second copy of the app.
+if __name__ == "__main__":
+    main()

@@ -14,9 +14,12 @@ app can show the same stages, from the same code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
+import sys
 import time
+import types
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -324,9 +327,10 @@ class IngestPipeline:
             return
         context = multiprocessing.get_context("spawn")  # fork after torch/chroma threads is unsafe
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures: dict[Future, _Work] = {
-                pool.submit(_timed_parse, str(item.path), item.kind, min_chars): item for item in work
-            }
+            with _plain_main_module():  # workers start on submit
+                futures: dict[Future, _Work] = {
+                    pool.submit(_timed_parse, str(item.path), item.kind, min_chars): item for item in work
+                }
             for future in as_completed(futures):
                 item = futures[future]
                 try:
@@ -445,6 +449,25 @@ def decide_kind(sniffed: str | None, hint: str | None, local: bool, location: st
     if hint in ("markdown", "text", "html"):
         return hint
     return "markdown" if location.lower().endswith((".md", ".markdown")) else "text"
+
+
+@contextlib.contextmanager
+def _plain_main_module():
+    """Start spawned workers without re-running the parent's ``__main__`` script.
+
+    A spawned process re-imports the parent's main module. Under Streamlit that is the chat app
+    script, so each parse worker would start building the app (and open its SQLite files). The
+    parse workers need nothing from ``__main__``, so they are started against an empty one.
+    """
+    real_main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if real_main is None:
+            sys.modules.pop("__main__", None)
+        else:
+            sys.modules["__main__"] = real_main
 
 
 def _timed_parse(path: str, kind: str, min_chars: int) -> tuple[ParsedDocument | None, str | None, float]:

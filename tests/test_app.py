@@ -6,12 +6,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from conftest import ROOT, make_text_pdf
 from streamlit.testing.v1 import AppTest
 
 from app.markdown import answer_markdown, citation_link, md
 from cove.answer import REFUSAL
 from cove.conversations import ConversationStore, export_markdown
-from tests.conftest import ROOT, make_text_pdf
 
 APP = str(ROOT / "app" / "streamlit_app.py")
 HEADS = "How many attention heads does the base Transformer use?"

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.conftest import ROOT
+from conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -216,3 +216,24 @@ def test_killed_run_is_completed_by_rerun_without_duplicates(cove_home, tmp_path
     assert len(counts) == 4
     ids = ChunkStore(settings).collection.get(include=[])["ids"]
     assert len(ids) == len(set(ids)) == sum(counts.values())
+
+
+def test_parse_workers_do_not_rerun_the_parents_main_script(cove_home, tmp_path, monkeypatch):
+    """Under `streamlit run` the parent's __main__ is the app script; spawned workers re-import
+    __main__, so a worker must not execute it (it used to open the app's SQLite files and crash)."""
+    import types
+
+    script = tmp_path / "app_script.py"
+    script.write_text("raise SystemExit('the app script ran inside a parse worker')\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "notes.md", folder / "notes.md")
+    shutil.copy(FIXTURES / "circuits_article.html", folder / "article.html")
+    report = ingest(expand_local(folder)[0], _settings(parse={"workers": 2}))
+    assert not report.failed, [r.reason for r in report.failed]
+    assert len(report.ingested) == 2
+    assert sys.modules["__main__"] is fake_main, "the parent's __main__ is restored"
