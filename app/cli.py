@@ -35,6 +35,13 @@ def _settings(home: Path | None, **sections: dict[str, Any]) -> CoveSettings:
     return load_settings(overrides)
 
 
+def _model_options(model: str | None, openai_url: str | None) -> dict[str, Any]:
+    """--model / --openai-url as the model settings section: a GGUF path, or a model on a server."""
+    if openai_url:
+        return {"backend": "openai", "openai_url": openai_url, "openai_model": model}
+    return {"model": model}
+
+
 class _ProgressBars:
     """Draws the pipeline's ProgressEvents as one rich bar per stage."""
 
@@ -293,10 +300,9 @@ def ask(
 
     if pipeline not in (None, "cove", "baseline"):
         raise typer.BadParameter("--pipeline must be 'cove' or 'baseline'")
-    model_opts: dict[str, Any] = {"model": model}
-    if openai_url:
-        model_opts = {"backend": "openai", "openai_url": openai_url, "openai_model": model}
-    settings = _settings(home, retrieve={"k": k}, model=model_opts, answer={"pipeline": pipeline})
+    settings = _settings(
+        home, retrieve={"k": k}, model=_model_options(model, openai_url), answer={"pipeline": pipeline}
+    )
     if not settings.catalog_path.exists():
         console.print(f"[red]No library at {settings.home_dir}.[/] Add papers first: cove ingest --from <folder>")
         raise typer.Exit(2)
@@ -359,10 +365,7 @@ def chat(
     """Start the web chat app (Streamlit) over the library."""
     import os
 
-    model_opts: dict[str, Any] = {"model": model}
-    if openai_url:
-        model_opts = {"backend": "openai", "openai_url": openai_url, "openai_model": model}
-    settings = _settings(home, app={"port": port, "host": host}, model=model_opts)
+    settings = _settings(home, app={"port": port, "host": host}, model=_model_options(model, openai_url))
     # The app reads its settings from the environment: hand over what the flags changed.
     env = dict(os.environ, COVE_HOME=str(settings.home_dir))
     for key, value in (("BACKEND", settings.model.backend), ("MODEL", settings.model.model)):
@@ -383,6 +386,166 @@ def chat(
     ]  # fmt: skip
     console.print(f"Cove chat: http://{settings.app.host}:{settings.app.port}  (library: {settings.home_dir})")
     os.execvpe(command[0], command, env)
+
+
+# --- evaluation ------------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[Path, typer.Option("--dataset", help="Question set (JSON Lines).")] = Path(
+        "evals/datasets/dev.jsonl"
+    ),
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant",
+            help="cove | baseline | a TOML file in evals/variants | NAME=PIPELINE,key=value. Repeat to compare.",
+        ),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Report folder (default reports/eval-<date>).")] = None,
+    corpus: Annotated[
+        Path | None, typer.Option("--corpus", help="Ingest this folder of papers first (skips what is indexed).")
+    ] = None,
+    ids: Annotated[str | None, typer.Option("--ids", help="Only these item ids (comma-separated).")] = None,
+    split: Annotated[str, typer.Option("--split", help="all | tuning | heldout.")] = "all",
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N items.")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over instead of resuming --out.")] = False,
+    k: Annotated[int | None, typer.Option("--k", help="Sources given to the model.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="GGUF path, or model name on --openai-url.")] = None,
+    openai_url: Annotated[str | None, typer.Option("--openai-url", help="OpenAI-compatible server URL.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Run a question set through one or more variants and write a side-by-side report."""
+    import datetime
+    import time
+
+    from evals.dataset import DatasetError, heldout_ids, load_dataset
+    from evals.report import write_outputs
+    from evals.runner import run_eval
+    from evals.variants import VariantError, parse_variant, unique_names
+
+    try:
+        items = load_dataset(dataset)
+        variants = [parse_variant(spec) for spec in (variant or ["cove", "baseline"])]
+        unique_names(variants)
+    except (DatasetError, VariantError) as err:
+        console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from err
+    heldout = heldout_ids(dataset)
+    items = _select_items(items, ids, split, limit, heldout)
+    settings = _settings(home, retrieve={"k": k}, model=_model_options(model, openai_url))
+    if corpus is not None:
+        _ingest_corpus(corpus, sorted({s for item in load_dataset(dataset) for s in item.sources}), settings)
+    if not settings.catalog_path.exists():
+        console.print(f"[red]No library at {settings.home_dir}.[/] Use --corpus <folder> or cove ingest first.")
+        raise typer.Exit(2)
+    out = out or Path("reports") / f"eval-{datetime.date.today().isoformat()}"
+
+    console.print(f"Evaluating {len(items)} items x {len(variants)} variants -> {out}")
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("Answering", total=len(items) * len(variants))
+
+        def show(event) -> None:
+            progress.update(
+                task, completed=event.done, description=f"{event.variant:<10} {event.item_id:<8} {event.outcome:<24}"
+            )
+
+        run = run_eval(items, variants, settings, out, show, fresh=fresh)
+    meta = {
+        "dataset": str(dataset),
+        "items": len(items),
+        "heldout": len(heldout & {i.id for i in items}),
+        "model": settings.model.model if settings.model.backend == "llama-cpp" else settings.model.openai_model,
+        "k": settings.retrieve.k,
+        "answered": run.answered,
+        "errors": run.errors,
+        "wall_s": time.perf_counter() - started,
+        "variants": {v.name: {"pipeline": v.pipeline, "overrides": v.overrides, "description": v.description}
+                     for v in variants},
+    }  # fmt: skip
+    summary = write_outputs(run.rows, [v.name for v in variants], heldout, meta, out)
+    _print_eval_summary(summary)
+    console.print(f"Report: {out / 'report.md'}")
+    if run.errors:
+        console.print(f"[red]{run.errors} answers failed with an error[/] (see results.jsonl; re-run to retry them)")
+        raise typer.Exit(1)
+
+
+def _select_items(items, ids: str | None, split: str, limit: int | None, heldout: set[str]):
+    if split not in ("all", "tuning", "heldout"):
+        raise typer.BadParameter("--split must be all, tuning or heldout")
+    if ids:
+        wanted = {i.strip() for i in ids.split(",") if i.strip()}
+        unknown = wanted - {i.id for i in items}
+        if unknown:
+            raise typer.BadParameter(f"no items with ids {', '.join(sorted(unknown))}")
+        items = [i for i in items if i.id in wanted]
+    if split != "all":
+        items = [i for i in items if (i.id in heldout) == (split == "heldout")]
+    return items[:limit] if limit else items
+
+
+def _ingest_corpus(corpus: Path, file_names: list[str], settings: CoveSettings) -> None:
+    """Index the papers the dataset cites (already indexed ones are skipped), and only those."""
+    from ingest import sources as src
+    from ingest.pipeline import ingest as run_ingest
+
+    missing = [name for name in file_names if not (corpus / name).is_file()]
+    if missing:
+        console.print(f"[yellow]Not in {corpus}:[/] {', '.join(missing)} (their items will score 0)")
+    chosen, bad = src.collect_sources([corpus / n for n in file_names if n not in missing], [], [], [])
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        report = run_ingest(chosen, settings, _ProgressBars(progress), bad_inputs=bad)
+    if report.failed:
+        console.print(f"[yellow]{len(report.failed)} corpus file(s) could not be indexed[/]")
+
+
+def _print_eval_summary(summary: dict[str, Any]) -> None:
+    table = Table(title="Evaluation")
+    columns = ("correctness", "refusal_accuracy", "recall_at_k", "citation_precision", "grounded_numbers")
+    for title in ("variant", *columns, "p50 s"):
+        table.add_column(title, justify="right")
+    for name, result in summary["variants"].items():
+        overall = result["overall"]
+        cells = []
+        for metric in columns:
+            gap = result["targets"].get(metric)
+            value = overall.get(metric)
+            text = "n/a" if value is None else f"{value:.2f}"
+            cells.append(text if gap is None or gap["met"] else f"[red]{text}[/]")
+        table.add_row(name, *cells, f"{overall.get('latency_p50_s', 0):.1f}")
+    Console().print(table)
+
+
+@app.command("check-dataset")
+def check_dataset(
+    dataset: Annotated[Path, typer.Argument(help="Question set (JSON Lines).")] = Path("evals/datasets/dev.jsonl"),
+    corpus: Annotated[Path, typer.Option("--corpus", help="Folder with the PDFs the items cite.")] = Path(
+        "../shared/corpus"
+    ),
+) -> None:
+    """Validate a question set and check every evidence quote against its page's pypdf text."""
+    from evals.dataset import DatasetError, check_evidence, describe, load_dataset
+
+    try:
+        items = load_dataset(dataset)
+    except DatasetError as err:
+        console.print(f"[red]{err}[/]")
+        raise typer.Exit(1) from err
+    problems = check_evidence(items, corpus)
+    counts = ", ".join(f"{t} {n}" for t, n in describe(items).items())
+    console.print(f"{len(items)} items ({counts})")
+    for problem in problems:
+        console.print(f"[red]{problem}[/]")
+    if problems:
+        raise typer.Exit(1)
+    console.print("Every evidence quote is on its page.")
 
 
 def main() -> None:

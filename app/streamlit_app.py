@@ -206,6 +206,7 @@ class LiveAnswer:
         label = {
             "refused": "Refused: the library does not cover this",
             "extractive": "Answered with quotes from the sources",
+            "quoted": "Answered with quotes and checked sentences",
         }.get(answer.get("mode", ""), "Answered and checked")
         seconds = answer.get("timings", {}).get("total_s", 0)
         waited = ", after waiting for the model" if self.waited else ""

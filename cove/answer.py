@@ -62,6 +62,7 @@ class Citation:
     page: int
     quote: str
     url: str
+    chunk_id: str = ""  # the stored chunk the quote comes from (evaluations check it for the evidence)
 
 
 @dataclass
@@ -86,8 +87,9 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     draft: str = ""
+    generated: str = ""  # the model's final text before the checks (the draft, or CoVe's revision)
     corrections: list[str] = field(default_factory=list)  # what the checks removed or corrected
-    mode: str = "generated"  # "generated" | "extractive" | "refused"
+    mode: str = "generated"  # "generated" | "quoted" (quotes + checked sentences) | "extractive" | "refused"
     query: str = ""  # the stand-alone retrieval query (differs for follow-ups)
     model: str = ""
 
@@ -190,7 +192,14 @@ class AnswerEngine:
         hits = self.retriever.search(query, k=self.settings.retrieve.k).hits
         meter.timings["retrieve_s"] = time.perf_counter() - t0
         answer.retrieved = [
-            {"source": h.source, "doc_id": h.doc_id, "page": h.page, "score": round(h.cosine, 4), "title": h.title}
+            {
+                "source": h.source,
+                "doc_id": h.doc_id,
+                "page": h.page,
+                "score": round(h.cosine, 4),
+                "title": h.title,
+                "chunk_id": h.id,
+            }
             for h in hits
         ]
         emit(AnswerEvent("retrieve", f"{len(hits)} sources", answer.retrieved))
@@ -212,10 +221,27 @@ class AnswerEngine:
         """Does the library say anything about this? The best passage must be close in meaning, and
         every name the question uses (GPT-4, BitNet, Mamba) must occur in some retrieved passage:
         a question about a paper the library lacks retrieves similar-sounding passages of others."""
-        if not hits or max(h.cosine for h in hits) < self.settings.answer.min_relevance:
+        if not hits:
+            return False
+        if max(h.cosine for h in hits) < self.settings.answer.min_relevance and not self._named_match(query, hits):
             return False
         haystack = " ".join(_header(h) + " " + h.text for h in hits).lower()
         return all(checks.has_entity(e, haystack) for e in checks.entities(query))
+
+    def _named_match(self, query: str, hits: list[Hit]) -> bool:
+        """On topic although MiniLM scores every passage low. Either the question names a paper in
+        the library and passages of it were retrieved ("What activation function did GPT-1 use?"
+        against GPT-1's hyper-parameter paragraph; the names check in `covers` still refuses
+        "FlashAttention-3"), or BM25's best passage has nearly all the question's content words."""
+        named = self.retriever.named_documents(query)
+        if named & {h.doc_id for h in hits}:
+            return True
+        # Or BM25's best passage holds nearly every content word of a specific question.
+        terms = checks.key_terms(query)
+        best = next((h for h in hits if h.lexical_rank == 1), None)
+        if best is None or len(terms) < 3:
+            return False
+        return len(terms & checks.key_terms(best.text)) >= 0.8 * len(terms)
 
     def _refuse(self, answer: Answer, hits: list[Hit], why: str) -> None:
         closest = ", ".join(f"{h.title or h.source} p.{h.page}" for h in hits[:3])
@@ -259,6 +285,7 @@ class AnswerEngine:
             },
         ]
         versions = ["answer"]
+        verify_hits: list[Hit] = []  # passages CoVe's verification questions retrieved
         emit(AnswerEvent("draft", "drafting an answer from the sources"))
         draft = self._chat("draft", base, meter, emit, stream=pipeline == "baseline", max_tokens=cfg.max_answer_tokens)
         answer.draft = draft
@@ -266,16 +293,22 @@ class AnswerEngine:
         final = draft
         if pipeline == "cove":
             versions += ["plan", "verify", "revise"]
-            final = self._verify_and_revise(answer, base, draft, meter, emit)
+            final = self._verify_and_revise(answer, base, draft, meter, emit, verify_hits)
         answer.prompt_versions = self.prompts.versions(versions)
+        answer.generated = final
 
         emit(AnswerEvent("check", "checking every sentence against the source it cites"))
         t0 = time.perf_counter()
+        # CoVe's factored verification retrieved passages of its own: they may hold the answer the
+        # first retrieval missed, so they join the evidence that quotes are drawn from.
+        hits, evidence = _with_verification_evidence(hits, evidence, verify_hits)
         self._check_and_cite(answer, final, question, evidence, hits)
         meter.timings["check_s"] = time.perf_counter() - t0
         emit(AnswerEvent("check", "; ".join(answer.corrections) or "every sentence is supported", answer.corrections))
 
-    def _verify_and_revise(self, answer: Answer, base: list[dict], draft: str, meter: _Meter, emit) -> str:
+    def _verify_and_revise(
+        self, answer: Answer, base: list[dict], draft: str, meter: _Meter, emit, verify_hits: list[Hit]
+    ) -> str:
         cfg = self.settings.answer
         with_draft = base + [{"role": "assistant", "content": draft}]
         emit(AnswerEvent("plan", "planning verification questions"))
@@ -285,7 +318,9 @@ class AnswerEngine:
         emit(AnswerEvent("plan", f"{len(questions)} verification questions", questions))
 
         for vq in questions:
-            answer.verification.append(self._verify(vq, meter, emit))
+            verification, hits = self._verify(vq, meter, emit)
+            answer.verification.append(verification)
+            verify_hits.extend(hits)
         if not answer.verification:
             return draft
         # Only the answers, as plain lines: given "Q:/A:" pairs, small models echo them back.
@@ -303,7 +338,7 @@ class AnswerEngine:
         emit(AnswerEvent("revise", revised, revised))
         return revised or draft
 
-    def _verify(self, question: str, meter: _Meter, emit) -> Verification:
+    def _verify(self, question: str, meter: _Meter, emit) -> tuple[Verification, list[Hit]]:
         """One factored verification: fresh retrieval, the question alone, no draft in context."""
         cfg = self.settings.answer
         t0 = time.perf_counter()
@@ -325,7 +360,7 @@ class AnswerEngine:
             [{"source": h.source, "doc_id": h.doc_id, "page": h.page} for h in hits],
         )
         emit(AnswerEvent("verify", question, verification))
-        return verification
+        return verification, hits
 
     # --- checks and citations --------------------------------------------------------------------------
     def _check_and_cite(self, answer: Answer, text: str, question: str, evidence: dict[int, Evidence], hits) -> None:
@@ -350,16 +385,28 @@ class AnswerEngine:
             # "How many ...?" answered without a supported number is no answer: quote the evidence.
             answer.corrections.append("the answer gave no supported number: quoting the evidence instead")
             kept = []
-        if not kept:
-            picked = checks.extractive_answer(question, list(evidence.values()), self.retriever.embedder.embed)
-            if not picked or not self._relevant(question, picked):
-                self._refuse(answer, hits, "no supported answer in the retrieved passages")
-                return
-            answer.mode = "extractive"
-            kept = [(checks.quote(s, n).rsplit(" [", 1)[0], n) for s, n in picked]
-            answer.corrections.append("no generated sentence was supported: quoting the most relevant passages")
-        answer.answer = " ".join(_with_citation(s, n) for s, n in kept)
-        answer.citations = self._citations(kept, evidence, hits)
+        # The sources' own words lead: a 135M model's sentence can pass every check and still miss
+        # the point, while the best-matching source sentence usually states it. Checked generated
+        # sentences follow when they add something the quotes do not say.
+        picked = checks.extractive_answer(question, list(evidence.values()), self.retriever.embedder.embed)
+        quotes = [(checks.quote(s, n).rsplit(" [", 1)[0], n) for s, n in picked] if picked else []
+        if quotes and not self._relevant(question, picked):
+            quotes = []
+        # With quotes, a generated sentence stays only if a quoted source backs it: a sentence
+        # "supported" by some other passage is one more citation to check, for little gain.
+        quoted_sources = {n for _, n in quotes}
+        added = [
+            (s, n) for s, n in kept if (not quotes or n in quoted_sources) and not _repeats(s, [q for q, _ in quotes])
+        ][: cfg.max_generated_sentences]
+        if not quotes and not added:
+            self._refuse(answer, hits, "no supported answer in the retrieved passages")
+            return
+        answer.mode = "quoted" if quotes and added else "extractive" if quotes else "generated"
+        if quotes and not added:
+            answer.corrections.append("no generated sentence added to the quoted passages")
+        final = quotes + added
+        answer.answer = " ".join(_with_citation(s, n) for s, n in final)
+        answer.citations = self._citations(final, evidence, hits)
 
     def _correct(self, sentence: str, result: checks.SentenceCheck, evidence: dict[int, Evidence]):
         """Replace an unsupported sentence by the source sentence that best matches it, quoted; or None."""
@@ -398,9 +445,34 @@ class AnswerEngine:
                     page=hit.page,
                     quote=_shorten(quote_text, 240),
                     url=citation_url(hit.metadata),
+                    chunk_id=hit.id,
                 )
             )
         return out
+
+
+def _with_verification_evidence(hits: list[Hit], evidence: dict[int, Evidence], extra: list[Hit]):
+    """The answer's sources plus new passages found by verification (numbered after them)."""
+    seen = {h.id for h in hits}
+    hits, evidence = list(hits), dict(evidence)
+    for hit in extra:
+        if hit.id in seen or hit.vector is None:
+            continue
+        seen.add(hit.id)
+        hits.append(hit)
+        n = len(hits)
+        evidence[n] = Evidence(n, hit.text, _header(hit), np.asarray(hit.vector, dtype=np.float32))
+    return hits, evidence
+
+
+def _repeats(sentence: str, quotes: list[str]) -> bool:
+    """Does a generated sentence only restate a quote (its terms and numbers are all there)?"""
+    terms, nums = checks.key_terms(sentence), checks.numbers(sentence)
+    for quoted in quotes:
+        q_terms = checks.key_terms(quoted)
+        if nums <= checks.numbers(quoted) and (not terms or len(terms & q_terms) / len(terms) >= 0.6):
+            return True
+    return False
 
 
 def _header(hit: Hit) -> str:

@@ -17,6 +17,7 @@ All of this is plain string and vector arithmetic: it holds however wrong the mo
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ from cove.lexical import STOP_WORDS
 _CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?:\.\d+)?")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9\-']*")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[])")
+# A sentence ends before a capital, a quote or bracket, or a numbered heading ("3.2.1 Scaled ..."),
+# and a bullet ("•") starts a new one.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(\[]|\d+(?:\.\d+)*\.?\s+[A-Z])|\s*\u2022\s*")
 _NUMBER_WORDS = {
     "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
     "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "sixteen": "16", "twenty": "20",
@@ -40,7 +43,11 @@ _GENERIC = set(STOP_WORDS) | {
     "makes", "made", "approach", "method", "work", "study", "according", "stated", "state", "states", "text",
     "answer", "question", "number", "total", "new", "first", "second", "one", "two", "three",
 }  # fmt: skip
-_SENTENCE_STARTERS = {"The", "This", "These", "That", "It", "In", "A", "An", "They", "We", "Its", "Each", "For"}
+_SENTENCE_STARTERS = {
+    "The", "This", "These", "That", "It", "In", "A", "An", "They", "We", "Its", "Each", "For",
+    # A follow-up's retrieval query joins two questions: "What is X? What speedup ...".
+    "What", "How", "Which", "Why", "When", "Where", "Who", "And", "Does", "Do", "Is", "Are", "Can", "Did",
+}  # fmt: skip
 
 
 @dataclass
@@ -118,7 +125,7 @@ def entities(sentence: str) -> set[str]:
     found = set()
     tokens = _WORD.findall(strip_citations(sentence))
     for i, token in enumerate(tokens):
-        token = token.strip("-'")
+        token = re.sub(r"'s$", "", token.replace("\u2019", "'")).strip("-'")
         if len(token) < 2:
             continue
         inner_caps = any(c.isupper() for c in token[1:])
@@ -271,10 +278,17 @@ def evidence_sentences(evidence: Evidence) -> list[str]:
     """The source's own sentences, as quotable units (verbatim, whitespace tidied)."""
     out = []
     for sentence in _SENTENCE_END.split(re.sub(r"\s+", " ", evidence.text)):
-        sentence = sentence.strip()
-        if 30 <= len(sentence) <= 400 and sum(c.isalpha() for c in sentence) > len(sentence) * 0.5:
+        sentence = sentence.strip().lstrip("\u2022").strip()
+        if 20 <= len(sentence) <= 400 and sum(c.isalpha() for c in sentence) > len(sentence) * 0.5:
             out.append(sentence)
     return out
+
+
+def quote_windows(sentences: list[str], max_chars: int = 600) -> list[str]:
+    """Each sentence, and each pair of consecutive sentences: the answer often spans two ("... we
+    normalize the input of each sub-layer. We use the RMSNorm normalizing function")."""
+    pairs = [f"{a} {b}" for a, b in zip(sentences, sentences[1:], strict=False) if len(a) + len(b) < max_chars]
+    return sentences + pairs
 
 
 def best_evidence_sentence(
@@ -315,12 +329,35 @@ def states_number_about(sentence: str, question: str) -> bool:
     return _number_bonus(sentence, q_terms) >= 0.2
 
 
-def _number_bonus(sentence: str, question_terms: set[str]) -> float:
-    """0.15 per question term within a few words of a number in `sentence` (at most 0.45); a bare
-    number ("section 3.2") next to none of them earns little."""
+def asked_terms(question: str) -> set[str]:
+    """The thing a number question counts: 'how many *warmup steps* does ...' -> {warmup, step}."""
+    found = _ASKED.search(question)
+    return key_terms(found.group(1)) if found else set()
+
+
+_ASKED = re.compile(
+    r"\b(?:how (?:many|much|long|large|big|fast)|what (?:percentage|fraction|number|size) of)"
+    r"\s+((?:[\w-]+\s+){0,2}[\w-]+)",
+    re.IGNORECASE,
+)
+
+
+def _number_bonus(sentence: str, question_terms: set[str], asked: set[str] = frozenset()) -> float:
+    """0.12 per question term within a few words of a number in `sentence`, the asked thing
+    counting twice (at most 0.53); a bare number ("section 3.2") next to none of them earns little."""
     tokens = _number_term_tokens(sentence)
-    best = max((len(_terms_near(tokens, v) & question_terms) for k, v in tokens if k == "number"), default=-1)
-    return 0.0 if best < 0 else 0.05 + 0.15 * min(best, 3)
+    best = max(
+        (len(_terms_near(tokens, v) & question_terms) + len(_terms_near(tokens, v) & asked)
+         for k, v in tokens if k == "number"),
+        default=-1,
+    )  # fmt: skip
+    return 0.0 if best < 0 else 0.05 + 0.12 * min(best, 4)
+
+
+_HEADING_START = re.compile(r"\d+(?:\.\d+)*\.?\s+[A-Z]")
+_REASON = re.compile(
+    r"\b(because|since|so that|in order to|allows?|allowing|enables?|to improve|to avoid|due to)\b", re.IGNORECASE
+)
 
 
 def extractive_answer(
@@ -329,20 +366,68 @@ def extractive_answer(
     embed: Callable[[list[str]], np.ndarray] | None = None,
     max_sentences: int = 2,
 ) -> list[tuple[str, int]]:
-    """The evidence sentences most relevant to the question: [(sentence, source number)]."""
-    pool = [(s, e.n) for e in sources for s in evidence_sentences(e)]
+    """The evidence sentences that best answer the question: [(sentence, source number)].
+
+    A sentence scores by the question's terms it contains, each weighted by how rare it is among the
+    candidates (so "sinusoidal" outweighs "model"), by its meaning's closeness to the question, by
+    its source's retrieval rank, and, where the question asks "how many" or "why", by stating a
+    number about the asked thing or giving a reason. A second sentence is added only for a name in
+    the question that the first does not cover (a two-paper question)."""
+    pool = [(s, e.n) for e in sources for s in quote_windows(evidence_sentences(e))]
     if not pool:
         return []
+    singles = {sentence for e in sources for sentence in evidence_sentences(e)}
     q_terms = key_terms(question) | {_stem(w) for w in entities(question)}
-    lexical = np.array([len(q_terms & key_terms(s)) / (len(q_terms) or 1) for s, _ in pool])
-    if wants_number(question):  # prefer sentences stating a number about what the question asks
-        lexical = lexical + np.array([_number_bonus(s, q_terms) for s, _ in pool])
-    scores = lexical
+    # A paper's name counts for all its sentences ("LLaMA" for a sentence of the LLaMA paper).
+    named = {e: _stem(e) for e in entities(question)}
+    headers = {e.n: _normalise(e.header) for e in sources}
+    paper_terms = {n: {stem for e, stem in named.items() if has_entity(e, h)} for n, h in headers.items()}
+    pool_terms = [key_terms(s) | {_stem(w) for w in entities(s)} | paper_terms[n] for s, n in pool]
+    idf = {t: math.log(1 + len(pool) / (1 + sum(t in terms for terms in pool_terms))) for t in q_terms}
+    total = sum(idf.values()) or 1.0
+    coverage = np.array([sum(idf[t] for t in q_terms & terms) / total for terms in pool_terms])
+    scores = 0.6 * coverage
+    ranks = sorted({n for _, n in pool})
+    scores = scores + np.array([0.08 * (1 - ranks.index(n) / max(1, len(ranks))) for _, n in pool])
+    if wants_number(question):  # prefer sentences stating a number about what the question asks,
+        # and few numbers: "We used warmup_steps = 4000" over the formula that uses warmup_steps.
+        asked = asked_terms(question)
+        scores = scores + np.array(
+            [_number_bonus(s, q_terms, asked) * min(1.0, 2 / max(1, len(numbers(s)))) for s, _ in pool]
+        )
+    # A chunk's last sentence is often cut off mid-word ("which uses the probabil-"): a poor quote.
+    ends = (".", "!", "?", ")", '"', "\u201d")
+    scores = scores - np.array([0.0 if s.rstrip().endswith(ends) else 0.1 for s, _ in pool])
+    # A question in the paper ("which weights should we adapt?") restates the question, and a
+    # numbered heading glued to a sentence ("6.2 Comparison to Other Methods Having given ...")
+    # introduces a section: neither answers anything.
+    scores = scores - np.array([0.2 if s.rstrip().endswith("?") else 0.0 for s, _ in pool])
+    scores = scores - np.array([0.1 if _HEADING_START.match(s) else 0.0 for s, _ in pool])
+    # A pair is worth quoting only for what its second sentence adds.
+    scores = scores - np.array([0.05 if s not in singles else 0.0 for s, _ in pool])
+    if question.strip().lower().startswith("why"):
+        scores = scores + np.array([0.1 if _REASON.search(s) else 0.0 for s, _ in pool])
     if embed is not None:
         vectors = embed([question] + [s for s, _ in pool])
-        scores = 0.5 * lexical + 0.5 * (vectors[1:] @ vectors[0])
-    order = np.argsort(-scores)
-    picked: list[tuple[str, int]] = []
-    for i in order[:max_sentences]:
-        picked.append(pool[int(i)])
+        scores = scores + 0.4 * (vectors[1:] @ vectors[0])
+    best = int(np.argmax(scores))
+    picked = [pool[best]]
+    covered = q_terms & pool_terms[best]
+    # Two names in the question ("the Transformer and LLaMA") may need a sentence each.
+    names = set(named.values())
+    if len(names) < 2:
+        return picked
+    content = q_terms - names
+    content_total = sum(idf[t] for t in content) or 1.0
+    about = np.array([sum(idf[t] for t in content & terms) / content_total for terms in pool_terms])
+    while len(picked) < max_sentences:
+        # Another sentence only for a name the quotes do not cover yet (the second paper of a
+        # comparison), and only one that is about what is asked, not merely naming that paper.
+        new_name = np.array([bool((names & terms) - covered) for terms in pool_terms])
+        eligible = new_name & (scores >= 0.4 * scores[best]) & (about >= max(0.2, 0.4 * about[best]))
+        if not eligible.any():
+            break
+        nxt = int(np.argmax(np.where(eligible, scores, -np.inf)))
+        picked.append(pool[nxt])
+        covered |= q_terms & pool_terms[nxt]
     return picked

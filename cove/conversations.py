@@ -198,5 +198,7 @@ def answer_note(answer: dict[str, Any]) -> str:
         return "Refused: the library does not cover the question."
     if mode == "extractive":
         return f"Quoted from the sources ({pipeline}): no generated sentence passed the checks."
+    if mode == "quoted":
+        return f"Quoted from the sources, with checked sentences from the model ({pipeline})."
     corrected = sum(1 for c in answer.get("corrections", []) if c.startswith(("corrected", "removed")))
     return f"{pipeline.capitalize()}; {corrected} sentence(s) corrected or removed by the checks."

@@ -106,9 +106,11 @@ class RetrieveSettings(BaseModel):
     )
     k: int = Field(5, ge=1, le=50, description="Chunks given to the model as numbered sources.")
     candidates: int = Field(30, ge=1, description="Chunks taken from each of the dense and BM25 lists before fusion.")
-    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant (higher flattens rank differences).")
+    # Tuned on the dev set's tuning items (evals/): rrf_k 60 -> 10 and BM25 weight 1.5 -> 3 raised
+    # page-level recall@5 from 0.73 to 0.94; MiniLM misses exact technical terms that BM25 finds.
+    rrf_k: int = Field(10, ge=1, description="Reciprocal rank fusion constant (higher flattens rank differences).")
     dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in the fusion.")
-    lexical_weight: float = Field(1.5, ge=0, description="Weight of the BM25 ranking in the fusion.")
+    lexical_weight: float = Field(3.0, ge=0, description="Weight of the BM25 ranking in the fusion.")
     mmr_lambda: float = Field(
         0.75, ge=0, le=1, description="MMR trade-off: 1 = relevance only, lower = more diverse sources."
     )
@@ -158,6 +160,9 @@ class AnswerSettings(BaseModel):
         700, ge=100, description="Characters of each retrieved chunk shown to the model (the most relevant part)."
     )
     max_answer_tokens: int = Field(160, ge=16, description="Longest draft or final answer, in tokens.")
+    max_generated_sentences: int = Field(
+        2, ge=0, description="Checked model sentences kept after the quoted source sentences (0: quotes only)."
+    )
     max_questions: int = Field(2, ge=0, le=10, description="Verification questions asked about a draft.")
     verify_sources: int = Field(2, ge=1, description="Chunks retrieved to answer each verification question.")
     verify_chars: int = Field(400, ge=100, description="Characters of evidence per verification source.")

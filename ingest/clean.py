@@ -25,9 +25,10 @@ LIGATURES = {
     "\u0132": "IJ",
     "\u0133": "ij",
 }
-# Spaces that are not ASCII spaces, plus the zero-width and soft-hyphen characters pypdf emits.
+# Spaces that are not ASCII spaces, plus the zero-width and soft-hyphen characters pypdf emits, and
+# control characters (a symbol font's glyph, e.g. FlashAttention's "3\x02 speedup" for "3× speedup").
 ODD_SPACES = re.compile("[\u00a0\u2000-\u200a\u202f\u205f\u3000]")
-INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 HYPHEN_BREAK = re.compile(r"([A-Za-z]{2,})-\n([a-z]{2,})")
 MULTI_SPACE = re.compile(r"[ \t]{2,}")
 MANY_BLANK_LINES = re.compile(r"\n{3,}")

@@ -99,6 +99,53 @@ def test_extractive_answer_prefers_the_sentence_with_the_answer():
     assert picked[0] == ("In this work we employ h = 8 parallel attention layers, or heads.", 1)
 
 
+def test_extractive_answer_quotes_two_sentences_when_the_second_holds_the_answer():
+    llama = Evidence(
+        1,
+        "To improve the training stability, we normalize the input of each transformer sub-layer, instead of "
+        "normalizing the output. We use the RMSNorm normalizing function, introduced by Zhang and Sennrich (2019).",
+        "LLaMA: Open and Efficient Foundation Language Models",
+    )
+    picked = checks.extractive_answer("Which normalizing function does LLaMA apply to each sub-layer input?", [llama])
+    assert len(picked) == 1 and "RMSNorm" in picked[0][0] and picked[0][0].startswith("To improve")
+
+
+def test_extractive_answer_skips_questions_in_the_paper_and_cut_off_sentences():
+    lora = Evidence(
+        1,
+        "Which weight matrices in the Transformer should we apply LoRA to? "
+        "Adapting both Wq and Wv gives the best performance overall. "
+        "We find that putting all the parameters in the weight matrices of the same type is not good, and the",
+        "LoRA",
+    )
+    picked = checks.extractive_answer("Which weight matrices work best to adapt with LoRA?", [lora])
+    assert len(picked) == 1
+    quote = picked[0][0]
+    assert quote.endswith("Adapting both Wq and Wv gives the best performance overall."), quote
+    lone_question = checks.extractive_answer("Which weight matrices work best to adapt with LoRA?", [
+        Evidence(1, lora.text.split("? ")[0] + "?", "LoRA"),
+        Evidence(2, "Adapting both Wq and Wv gives the best performance overall.", "LoRA"),
+    ])  # fmt: skip
+    assert lone_question[0][1] == 2, "the paper's own question is not an answer"
+
+
+def test_extractive_answer_takes_one_sentence_per_named_paper():
+    llama = Evidence(1, "We add rotary positional embeddings (RoPE) at each layer of the network.", "LLaMA")
+    gpt1 = Evidence(2, "We used learned position embeddings instead of the sinusoidal version.", "GPT-1 gpt1")
+    other = Evidence(3, "Positional embeddings are discussed in many surveys of the field.", "A survey")
+    picked = checks.extractive_answer("Which positional embeddings do LLaMA and GPT-1 use?", [llama, gpt1, other])
+    assert sorted(n for _, n in picked) == [1, 2]
+    single = checks.extractive_answer("Which positional embeddings does LLaMA use?", [llama, gpt1, other])
+    assert [n for _, n in single] == [1], "one named paper: one quote"
+
+
+def test_how_many_questions_know_what_is_counted():
+    assert checks.asked_terms("How many warmup steps does the Transformer schedule use?") == {"warmup", "step"}
+    assert checks.entities("How big is GPT-2's WebText and the Transformer\u2019s vocabulary?") >= {"GPT-2", "WebText"}
+    assert "GPT-2's" not in checks.entities("What is GPT-2's context size?")
+    assert "What" not in checks.entities("What is LoRA? What rank does it use?")
+
+
 def test_prompt_loader_checks_variables(tmp_path):
     prompts = load_prompts()
     assert set(prompts.versions()) == {"answer", "plan", "verify", "revise"}

@@ -13,6 +13,11 @@ def test_ligatures_hyphenation_and_spaces_are_cleaned():
     assert "\ufb01" not in cleaned and "  " not in cleaned
 
 
+def test_control_characters_from_symbol_fonts_are_dropped():
+    # FlashAttention's "3× speedup" comes out of pypdf as "3\x02 speedup".
+    assert clean_page_text("3\x02 speedup on GPT-2\x0c here") == "3 speedup on GPT-2 here"
+
+
 def test_hyphenated_compounds_keep_their_hyphen():
     assert "GPT-\n2" in clean_page_text("GPT-\n2 is large") or "GPT-2" in clean_page_text("GPT-\n2")
     assert "Self-\nAttention" in clean_page_text("Self-\nAttention layers")

@@ -1,0 +1,1 @@
+"""The prompt evaluation suite: datasets, metrics, the runner and the report behind `cove eval`."""
