@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cove.lexical import STOP_WORDS
+from cove.lexical import GREEK, STOP_WORDS
 
 _CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?:\.\d+)?")
@@ -145,11 +145,10 @@ def _stem(word: str) -> str:
 
 def key_terms(sentence: str) -> set[str]:
     """Content words, stemmed, that carry the claim (not stop words or words every answer uses)."""
-    return {
-        _stem(w)
-        for w in _WORD.findall(strip_citations(sentence))
-        if len(w) > 3 and w.lower() not in _GENERIC and not w.isupper()
-    }
+    text = strip_citations(sentence)
+    for letter, name in GREEK.items():  # "β2" states a "beta"
+        text = text.replace(letter, f" {name} ")
+    return {_stem(w) for w in _WORD.findall(text) if len(w) > 3 and w.lower() not in _GENERIC and not w.isupper()}
 
 
 def _normalise(text: str) -> str:

@@ -34,8 +34,21 @@ def _stemmer():
 _NAME_NUMBER = re.compile(r"\b([A-Za-z]+)-(\d+)\b")  # "GPT-2" -> "GPT2", the way file names spell it
 
 
+# Papers write symbols, users type their names: "β2 = 0.98" must match "beta values".
+GREEK = {
+    "α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "ϵ": "epsilon", "ζ": "zeta",
+    "η": "eta", "θ": "theta", "κ": "kappa", "λ": "lambda", "μ": "mu", "ν": "nu", "π": "pi", "ρ": "rho",
+    "σ": "sigma", "τ": "tau", "φ": "phi", "ϕ": "phi", "χ": "chi", "ψ": "psi", "ω": "omega",
+}  # fmt: skip
+_GREEK = re.compile("[" + "".join(GREEK) + "]")
+# Bump when normalize() or the tokenizer changes: stored BM25 indexes are then rebuilt.
+TOKENIZER_VERSION = 2
+
+
 def normalize(text: str) -> str:
-    """Make spellings of one name meet: 'GPT-2', 'gpt2' and 'gpt2_language_models' share 'gpt2'."""
+    """Make spellings of one name meet: 'GPT-2', 'gpt2' and 'gpt2_language_models' share 'gpt2';
+    'β1' and 'beta' share 'beta'."""
+    text = _GREEK.sub(lambda m: f" {GREEK[m.group(0)]} ", text)
     return _NAME_NUMBER.sub(r"\1\2", text).replace("_", " ")
 
 
@@ -102,6 +115,8 @@ class LexicalIndex:
         import bm25s
 
         meta = json.loads(self._meta_path.read_text())
+        if meta.get("tokenizer", 1) != TOKENIZER_VERSION:
+            return  # built by an older tokenizer: generation None makes the next sync rebuild it
         self._ids = meta["ids"]
         self.generation = meta["generation"]
         if self._ids:
@@ -119,7 +134,8 @@ class LexicalIndex:
             retriever = bm25s.BM25()
             retriever.index(tokenize(texts), show_progress=False)
             retriever.save(str(tmp / "bm25"), show_progress=False)
-        (tmp / "cove-meta.json").write_text(json.dumps({"generation": generation, "ids": ids}))
+        meta = {"generation": generation, "ids": ids, "tokenizer": TOKENIZER_VERSION}
+        (tmp / "cove-meta.json").write_text(json.dumps(meta))
         with self._lock:
             old = self.directory.with_name(self.directory.name + ".old")
             shutil.rmtree(old, ignore_errors=True)

@@ -56,3 +56,34 @@ def test_rrf_and_follow_ups():
     assert looks_like_follow_up("And its decoder?")
     assert standalone_query("And its decoder?", history).startswith("How many layers does the Transformer")
     assert standalone_query("What is LoRA's rank r in the GPT-3 experiments?", history).startswith("What is LoRA")
+
+
+def test_greek_letters_meet_their_names(retriever):
+    from cove.lexical import normalize
+
+    assert "beta" in normalize("β1 = 0.9, β2 = 0.98").split()
+    result = retriever.search("Which optimizer and beta values were used?", mode="lexical")
+    assert ("1706.03762.pdf", 7) in pages(result)  # "Adam optimizer [20] with β1 = 0.9, β2 = 0.98"
+
+
+def test_an_index_built_by_an_older_tokenizer_is_rebuilt(small_library, tmp_path):
+    import json
+    import shutil
+
+    from cove.lexical import TOKENIZER_VERSION, LexicalIndex, lexical_dir
+    from cove.settings import with_overrides
+
+    home = tmp_path / "home"
+    shutil.copytree(small_library.home_dir, home)
+    settings = with_overrides(small_library, {"home": str(home)})
+    meta_path = lexical_dir(settings) / "cove-meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "tokenizer": TOKENIZER_VERSION - 1}))
+    assert LexicalIndex(lexical_dir(settings)).generation is None, "an old index is not trusted"
+    rebuilt = Retriever(settings)
+    try:
+        assert rebuilt.lexical.generation == meta["generation"]
+        assert json.loads(meta_path.read_text())["tokenizer"] == TOKENIZER_VERSION
+        assert ("1706.03762.pdf", 7) in pages(rebuilt.search("beta values of the optimizer", mode="lexical"))
+    finally:
+        rebuilt.close()
