@@ -25,6 +25,26 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+@app.callback()
+def _global_options(
+    chroma_url: Annotated[
+        str | None,
+        typer.Option(
+            "--chroma-url",
+            envvar="COVE_STORE__CHROMA_URL",
+            help="Keep the library's chunks on this Chroma server (e.g. http://127.0.0.1:8000) instead of "
+            "embedded under --home. Goes before the command: `cove --chroma-url URL ask ...`.",
+        ),
+    ] = None,
+) -> None:
+    """Options for every command."""
+    import os
+
+    if chroma_url:  # the settings object (and `cove chat`'s app process) read it from the environment
+        os.environ["COVE_STORE__CHROMA_URL"] = chroma_url
+
+
 HomeOpt = Annotated[Path | None, typer.Option("--home", envvar="COVE_HOME", help="Data directory (default ~/.cove).")]
 
 
@@ -191,14 +211,10 @@ def library(
     home: HomeOpt = None,
 ) -> None:
     """List the documents in the library, with their status and any error."""
-    from cove.catalog import Catalog
+    from cove.sync import library_documents
 
     settings = _settings(home)
-    catalog = Catalog(settings.catalog_path)
-    try:
-        records = catalog.all()
-    finally:
-        catalog.close()
+    records = library_documents(settings)
     if as_json:
         keys = (
             "doc_id",
@@ -219,10 +235,11 @@ def library(
         )
         typer.echo(json.dumps([{k: getattr(r, k) for k in keys} for r in records], indent=2))
         return
+    where = settings.home_dir if not settings.store.chroma_url else f"{settings.home_dir} + {settings.store.chroma_url}"
     if not records:
-        Console().print(f"The library at {settings.home_dir} is empty. Add papers with `cove ingest`.")
+        Console().print(f"The library at {where} is empty. Add papers with `cove ingest`.")
         return
-    table = Table(title=f"Library: {settings.home_dir}")
+    table = Table(title=f"Library: {where}")
     for column in ("Title", "Source", "Kind", "Pages", "Chunks", "Status", "Error"):
         table.add_column(column, overflow="fold")
     for r in records:
@@ -549,8 +566,13 @@ def check_dataset(
 
 
 def main() -> None:
+    from cove.store import StoreUnavailable
+
     try:
         app()
+    except StoreUnavailable as err:
+        console.print(f"[red]Error:[/] {err}")
+        sys.exit(1)
     except KeyboardInterrupt:
         console.print("Interrupted: run the same command again to finish; nothing is duplicated.")
         sys.exit(130)

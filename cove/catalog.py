@@ -144,15 +144,6 @@ class Catalog:
             (key, value),
         )
 
-    def bump_meta_counter(self, key: str) -> int:
-        """Add one to an integer meta value (e.g. the store generation) and return the new value."""
-        self.db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, '1') "
-            "ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
-            (key,),
-        )
-        return int(self.get_meta(key))
-
 
 def _record(row: tuple) -> DocumentRecord:
     values = dict(zip(_COLUMNS, row, strict=True))

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from cove.answer import AnswerEngine, EventCallback
-from cove.catalog import STATUS_FAILED, STATUS_OK, Catalog, DocumentRecord
+from cove.catalog import STATUS_FAILED, STATUS_OK, DocumentRecord
 from cove.conversations import ConversationStore, Message
 from cove.llm import ModelError
 from cove.settings import CoveSettings, with_overrides
+from cove.store import StoreUnavailable
 
 log = logging.getLogger("cove.chat")
 
@@ -70,6 +71,8 @@ def friendly_error(err: BaseException) -> str:
         return str(err)
     if isinstance(err, ModelError):
         return f"The model could not answer: {err}. Check the model setting, or pick the bundled model."
+    if isinstance(err, StoreUnavailable):
+        return f"The library cannot be searched: {err}."
     if isinstance(err, MemoryError):
         return "Out of memory while answering; try fewer sources or a smaller model."
     return f"Something went wrong while answering ({type(err).__name__}: {err}). The conversation is kept."
@@ -86,13 +89,17 @@ class ChatService:
 
     # --- the library -------------------------------------------------------------------------------
     def library(self) -> LibraryStatus:
-        if not self.settings.catalog_path.exists():
+        """The documents, caught up with a shared Chroma server (the last known list if it is down)."""
+        from cove.sync import library_documents
+
+        if not self.settings.catalog_path.exists() and not self.settings.store.chroma_url:
             return LibraryStatus()
-        catalog = Catalog(self.settings.catalog_path)
-        try:
-            return LibraryStatus(sorted(catalog.all(), key=lambda d: (d.status != STATUS_OK, d.title or d.source)))
-        finally:
-            catalog.close()
+        try:  # no retries: the page is drawn on every click, and a question will say what is wrong
+            documents = library_documents(with_overrides(self.settings, {"store": {"retries": 0}}))
+        except StoreUnavailable:
+            log.warning("the Chroma server is unreachable; showing the last known library", exc_info=True)
+            documents = library_documents(with_overrides(self.settings, {"store": {"chroma_url": ""}}))
+        return LibraryStatus(sorted(documents, key=lambda d: (d.status != STATUS_OK, d.title or d.source)))
 
     def document_file(self, doc_id: str) -> tuple[Path, DocumentRecord] | None:
         """The indexed copy of a document (what citation links open), or None."""

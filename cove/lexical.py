@@ -3,23 +3,23 @@
 Dense MiniLM vectors see at most 256 tokens of a chunk and blur exact terms ("warmup", "h = 8",
 "WikiText-103"); BM25 sees every word, so the two are fused at query time (see `cove.retrieve`).
 
-Consistency with the Chroma collection does not rely on every writer being careful: the catalog
-holds a *store generation* that ingest bumps **before** it changes the vector store. The BM25 index
-records the generation it was built from; whenever the two differ (a finished ingest, a crash
-mid-ingest, another process that wrote to a shared Chroma server), the BM25 index is rebuilt from the
-collection itself, which is the source of truth. Rebuilding ~1,000 chunks takes well under a second.
+Consistency with the Chroma collection does not rely on every writer being careful: the store keeps
+a *generation* token that every writer renews before and after it changes the collection (see
+`cove.store.ChunkStore.mark_changed`). The BM25 index records the token it was built from; whenever
+the two differ (a finished ingest, a crash mid-ingest, another instance writing to a shared Chroma
+server), the BM25 index is rebuilt from the collection itself, which is the source of truth.
+Rebuilding ~1,000 chunks takes well under a second; `benchmarks/scale_bench.py` measures 100k+.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-GENERATION_KEY = "store_generation"
 
 
 def _stemmer():
@@ -100,7 +100,7 @@ class LexicalIndex:
         self.directory = directory
         self._retriever = None
         self._ids: list[str] = []
-        self.generation: int | None = None
+        self.generation: str | None = None
         self._lock = threading.Lock()
         self._load()
 
@@ -118,15 +118,18 @@ class LexicalIndex:
         if meta.get("tokenizer", 1) != TOKENIZER_VERSION:
             return  # built by an older tokenizer: generation None makes the next sync rebuild it
         self._ids = meta["ids"]
-        self.generation = meta["generation"]
+        self.generation = str(meta["generation"])
         if self._ids:
             self._retriever = bm25s.BM25.load(str(self.directory / "bm25"), show_progress=False)
 
-    def rebuild(self, ids: list[str], texts: list[str], generation: int) -> None:
-        """Replace the index with these chunks; written to a new folder, then swapped in."""
+    def rebuild(self, ids: list[str], texts: list[str], generation: str) -> None:
+        """Replace the index with these chunks; written to a new folder, then swapped in.
+
+        Folder names are unique per call: app instances sharing one home may rebuild at once."""
         import bm25s
 
-        tmp = self.directory.with_name(self.directory.name + ".tmp")
+        unique = f"{os.getpid()}-{threading.get_ident()}"
+        tmp = self.directory.with_name(f"{self.directory.name}.tmp-{unique}")
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "bm25").mkdir(parents=True)
         retriever = None
@@ -137,11 +140,13 @@ class LexicalIndex:
         meta = {"generation": generation, "ids": ids, "tokenizer": TOKENIZER_VERSION}
         (tmp / "cove-meta.json").write_text(json.dumps(meta))
         with self._lock:
-            old = self.directory.with_name(self.directory.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            if self.directory.exists():
-                self.directory.rename(old)
-            tmp.rename(self.directory)
+            old = self.directory.with_name(f"{self.directory.name}.old-{unique}")
+            try:
+                if self.directory.exists():
+                    self.directory.rename(old)
+                tmp.rename(self.directory)
+            except OSError:  # another process swapped its copy in at the same moment: ours is not needed
+                shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
             self._retriever, self._ids, self.generation = retriever, list(ids), generation
 
@@ -182,10 +187,12 @@ def lexical_dir(settings) -> Path:
     return settings.home_dir / "index" / "lexical" / settings.collection_name
 
 
-def sync_lexical_index(settings, catalog, store, index: LexicalIndex | None = None) -> LexicalIndex:
-    """The BM25 index, rebuilt from the vector store if it lags behind the catalog's generation."""
+def sync_lexical_index(
+    settings, store, index: LexicalIndex | None = None, generation: str | None = None
+) -> LexicalIndex:
+    """The BM25 index, rebuilt from the vector store if it lags behind the store's generation."""
     index = index or LexicalIndex(lexical_dir(settings))
-    wanted = int(catalog.get_meta(GENERATION_KEY) or 0)
+    wanted = store.generation() if generation is None else generation
     if index.generation != wanted:
         ids, texts, metadatas = store.all_chunks()
         index.rebuild(ids, [lexical_text(t, m) for t, m in zip(texts, metadatas, strict=True)], wanted)

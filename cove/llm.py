@@ -270,6 +270,14 @@ class OpenAIChatModel(ChatModel):
                                 on_token(piece)
         except httpx.HTTPError as err:
             raise ModelError(f"model server {self.base_url} is unreachable or stopped mid-answer: {err}") from err
+        if not finish:
+            # A stream that ends without a finish reason was cut, not finished: llama_cpp.server does
+            # this to a running answer when another request arrives, unless started with
+            # `--interrupt_requests False`. A cut answer must not pass for a whole one.
+            raise ModelError(
+                f"model server {self.base_url} ended the answer without finishing it (another request "
+                "interrupted it? start llama_cpp.server with --interrupt_requests False)"
+            )
         text = "".join(parts)
         prompt_tokens = int(usage.get("prompt_tokens") or sum(len(m["content"]) for m in messages) // 4)
         cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)

@@ -138,10 +138,10 @@ class Retriever:
 
     @property
     def lexical(self):
-        """The BM25 index, rebuilt first if ingest changed the store since it was built."""
-        from cove.lexical import sync_lexical_index
+        """The BM25 index, rebuilt first if ingest (here or elsewhere) changed the store since."""
+        from cove.sync import sync_home
 
-        self._lexical = sync_lexical_index(self.settings, self.catalog, self.store, self._lexical)
+        self._lexical = sync_home(self.settings, self.catalog, self.store, self._lexical)
         return self._lexical
 
     def _add_missing(self, hits: dict[str, Hit], ids: list[str], query_vector) -> None:
@@ -166,7 +166,7 @@ class Retriever:
         """{name token: doc ids} from names in titles and file names ("LoRA", "GPT-2", "FlashAttention")."""
         from cove.lexical import lexical_text
 
-        generation = self.catalog.get_meta("store_generation")
+        generation = self.lexical.generation  # catches the catalog up with a shared store, too
         if self._names is None or self._names[0] != generation:
             index: dict[str, set[str]] = {}
             for record in self.catalog.all():

@@ -180,6 +180,19 @@ class StoreSettings(BaseModel):
     """Where chunks and the document catalog live."""
 
     collection_prefix: str = Field("cove_chunks", description="Chroma collection name prefix.")
+    chroma_url: str = Field(
+        "",
+        description="A Chroma server to keep chunks in, e.g. http://127.0.0.1:8000 (`chroma run`); empty keeps "
+        "them in an embedded Chroma under `home`. Several Cove instances can share one server.",
+    )
+    chroma_token: str = Field(
+        "", description="Token sent to the Chroma server (Authorization: Bearer), if it wants one."
+    )
+    timeout_s: float = Field(30.0, gt=0, description="Longest wait for one Chroma server request, in seconds.")
+    retries: int = Field(
+        3, ge=0, description="Retries of a Chroma server request after a connection error (a restart, a blip)."
+    )
+    retry_backoff_s: float = Field(1.0, ge=0, description="First delay between retries; doubles each time.")
 
 
 class AppSettings(BaseModel):

@@ -4,16 +4,38 @@ One collection per index identity (``cove_chunks_<hash>``, see `CoveSettings.ind
 from two embedding models or chunk sizes can never be mixed in one search. Writing a document is
 "delete its old chunks, then upsert the new ones": chunk ids are deterministic, so repeating the
 operation after an interruption converges to the same state, with no duplicates and no orphans.
+
+Chroma runs embedded (files under ``home``) or as a server (``store.chroma_url``, e.g. a shared
+``chroma run``). Beside the chunks, a small ``cove_meta`` collection holds what several Cove
+instances must agree on, so it lives with the chunks rather than in one instance's home:
+
+- the *generation* of each chunk collection: a fresh random token written before and after every
+  change, so any reader can tell that its BM25 copy (or its catalog) is stale;
+- the *document records* of a collection (title, pages, chunks, ...): the shared library list.
+
+A server that cannot be reached (stopped, restarting) is retried a few times, then reported as
+`StoreUnavailable` with the URL and what to do, never as a raw HTTP traceback.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 from cove.settings import CoveSettings
 
 WRITE_BATCH = 500  # below Chroma's max batch size on every backend
+META_COLLECTION = "cove_meta"
+_META_VECTOR = [1.0]  # Chroma wants a vector per record; meta records are only ever fetched by id
+
+
+class StoreUnavailable(RuntimeError):
+    """The Chroma server cannot be reached (after retries)."""
 
 
 @dataclass
@@ -25,23 +47,93 @@ class StoredChunk:
     embedding: Any = None  # the stored vector, when asked for
 
 
+def _is_connection_error(err: BaseException) -> bool:
+    import httpx
+
+    if isinstance(err, httpx.TransportError):  # refused, reset, timed out, DNS
+        return True
+    return isinstance(err, ValueError) and "Could not connect to a Chroma server" in str(err)
+
+
+def _remote(method):
+    """Retry a store call after connection errors, then raise `StoreUnavailable` with a plain reason.
+
+    Every store call is idempotent (upserts and deletes by id), so repeating one is safe."""
+
+    @functools.wraps(method)
+    def wrapper(self: ChunkStore, *args, **kwargs):
+        return self._with_retries(lambda: method(self, *args, **kwargs))
+
+    return wrapper
+
+
+def connect(settings: CoveSettings):
+    """A Chroma client: embedded under ``home``, or HTTP to ``store.chroma_url``."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    url = settings.store.chroma_url
+    if not url:
+        settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    headers = {"Authorization": f"Bearer {settings.store.chroma_token}"} if settings.store.chroma_token else None
+    client = chromadb.HttpClient(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+        ssl=parsed.scheme == "https",
+        headers=headers,
+        settings=chroma_settings,
+    )
+    import httpx
+
+    # chromadb's HTTP session waits forever by default; a hung server must not hang an answer.
+    client._server._session.timeout = httpx.Timeout(settings.store.timeout_s)
+    return client
+
+
 class ChunkStore:
     def __init__(self, settings: CoveSettings) -> None:
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-
-        settings.chroma_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
-        self.client = chromadb.PersistentClient(
-            path=str(settings.chroma_dir), settings=ChromaSettings(anonymized_telemetry=False)
-        )
+        self.client = None
+        self._with_retries(self._open)
+
+    def _open(self) -> None:
+        self.client = connect(self.settings)
         self.collection = self.client.get_or_create_collection(
-            name=settings.collection_name,
-            metadata={"hnsw:space": "cosine", **{k: str(v) for k, v in settings.index_identity().items()}},
+            name=self.settings.collection_name,
+            metadata={"hnsw:space": "cosine", **{k: str(v) for k, v in self.settings.index_identity().items()}},
             embedding_function=None,
         )
+        self.meta = self.client.get_or_create_collection(name=META_COLLECTION, embedding_function=None)
+
+    @property
+    def location(self) -> str:
+        return self.settings.store.chroma_url or str(self.settings.chroma_dir)
+
+    @property
+    def shared(self) -> bool:
+        """True for a Chroma server, which other Cove instances may write to as well."""
+        return bool(self.settings.store.chroma_url)
+
+    def _with_retries(self, call):
+        cfg = self.settings.store
+        for attempt in range(cfg.retries + 1):
+            try:
+                return call()
+            except Exception as err:
+                if not _is_connection_error(err):
+                    raise
+                if attempt == cfg.retries:
+                    raise StoreUnavailable(
+                        f"the Chroma server at {cfg.chroma_url} is not reachable ({err}); start it (`chroma run`) "
+                        "or fix store.chroma_url, then run the command again: nothing finished is lost"
+                    ) from err
+                time.sleep(cfg.retry_backoff_s * 2**attempt)
 
     # --- writing -----------------------------------------------------------------------------------
+    @_remote
     def replace_document(
         self, doc_id: str, ids: list[str], texts: list[str], embeddings: Any, metadatas: list[dict[str, Any]]
     ) -> None:
@@ -55,9 +147,12 @@ class ChunkStore:
                 metadatas=metadatas[start:end],
             )
 
+    @_remote
     def delete_document(self, doc_id: str) -> None:
         self.collection.delete(where={"doc_id": doc_id})
+        self.meta.delete(ids=[self._record_id(doc_id)])
 
+    @_remote
     def drop_other_indexes(self) -> list[str]:
         """Delete collections of other index identities (after settings changed). Returns their names."""
         prefix = self.settings.store.collection_prefix + "_"
@@ -66,20 +161,70 @@ class ChunkStore:
             name = collection if isinstance(collection, str) else collection.name
             if name.startswith(prefix) and name != self.settings.collection_name:
                 self.client.delete_collection(name)
+                self.meta.delete(where={"collection": name})
                 dropped.append(name)
         return dropped
 
+    @_remote
     def reset(self) -> None:
         """Empty this index (``--rebuild``)."""
         self.client.delete_collection(self.settings.collection_name)
-        self.__init__(self.settings)
+        self.meta.delete(where={"collection": self.settings.collection_name})
+        self._open()
+
+    # --- what several instances share: generation and document records ----------------------------
+    def _generation_id(self) -> str:
+        return f"{self.settings.collection_name}/generation"
+
+    def _record_id(self, doc_id: str) -> str:
+        return f"{self.settings.collection_name}/doc/{doc_id}"
+
+    @_remote
+    def generation(self) -> str:
+        """The collection's change token ('' for a collection no writer has marked yet)."""
+        got = self.meta.get(ids=[self._generation_id()], include=["metadatas"])
+        return str(got["metadatas"][0].get("token", "")) if got["ids"] else ""
+
+    @_remote
+    def mark_changed(self) -> str:
+        """Give the collection a new generation token. Writers call it before *and* after a change:
+        a reader that rebuilt its BM25 copy halfway through a write sees a newer token afterwards."""
+        token = f"{time.time():.6f}-{uuid.uuid4().hex[:12]}"
+        self.meta.upsert(
+            ids=[self._generation_id()],
+            embeddings=[_META_VECTOR],
+            documents=[""],
+            metadatas=[{"collection": self.settings.collection_name, "kind": "generation", "token": token}],
+        )
+        return token
+
+    @_remote
+    def put_document_record(self, record: dict[str, Any]) -> None:
+        """Publish a document's catalog record (after its chunks are stored) for other instances."""
+        self.meta.upsert(
+            ids=[self._record_id(record["doc_id"])],
+            embeddings=[_META_VECTOR],
+            documents=[json.dumps(record)],
+            metadatas=[{"collection": self.settings.collection_name, "kind": "document"}],
+        )
+
+    @_remote
+    def document_records(self) -> list[dict[str, Any]]:
+        """Every published document record of this collection."""
+        got = self.meta.get(
+            where={"$and": [{"collection": self.settings.collection_name}, {"kind": "document"}]},
+            include=["documents"],
+        )
+        return [json.loads(text) for text in got["documents"]]
 
     # --- reading -----------------------------------------------------------------------------------
+    @_remote
     def count(self, doc_id: str | None = None) -> int:
         if doc_id is None:
             return self.collection.count()
         return len(self.collection.get(where={"doc_id": doc_id}, include=[])["ids"])
 
+    @_remote
     def ids_by_document(self) -> dict[str, int]:
         """Chunk counts per doc_id, read from the store itself (for consistency checks)."""
         counts: dict[str, int] = {}
@@ -90,6 +235,7 @@ class ChunkStore:
                 counts[meta["doc_id"]] = counts.get(meta["doc_id"], 0) + 1
         return counts
 
+    @_remote
     def all_chunks(self) -> tuple[list[str], list[str], list[dict[str, Any]]]:
         """Every chunk's id, text and metadata (to rebuild the lexical index from the source of truth)."""
         ids: list[str] = []
@@ -103,6 +249,7 @@ class ChunkStore:
             metadatas.extend(batch["metadatas"])
         return ids, texts, metadatas
 
+    @_remote
     def get(self, ids: list[str], with_embeddings: bool = False) -> list[StoredChunk]:
         """Chunks by id, in the order asked (missing ids are left out)."""
         if not ids:
@@ -116,6 +263,7 @@ class ChunkStore:
         }
         return [by_id[i] for i in ids if i in by_id]
 
+    @_remote
     def query(
         self, embedding: list[float], k: int = 5, where: dict | None = None, with_embeddings: bool = False
     ) -> list[StoredChunk]:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from cove.catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, DocumentRecord
 from cove.docs import ParsedDocument
-from cove.lexical import GENERATION_KEY, drop_other_lexical_indexes, sync_lexical_index
+from cove.lexical import drop_other_lexical_indexes
 from cove.settings import CoveSettings
+from cove.store import StoreUnavailable
 from ingest.arxiv import parse_api_response, split_version
 from ingest.chunk import chunk_document, embedding_text
 from ingest.fetch import Fetcher, FetchError, cache_paths
@@ -171,15 +172,17 @@ class IngestPipeline:
     def _store_for_writing(self):
         """The vector store, after telling readers that the lexical index is about to lag behind.
 
-        The generation is bumped *before* the write, so a crash mid-write still leaves a mismatch
+        The generation is renewed *before* the write, so a crash mid-write still leaves a mismatch
         that makes the next reader (or ingest) rebuild the BM25 index."""
-        self.catalog.bump_meta_counter(GENERATION_KEY)
+        self.store.mark_changed()
         self._store_changed = True
         return self.store
 
     def _sync_lexical(self) -> None:
+        from cove.sync import sync_home
+
         t0 = time.perf_counter()
-        sync_lexical_index(self.settings, self.catalog, self.store)
+        sync_home(self.settings, self.catalog, self.store)
         self.timings["lexical"] = time.perf_counter() - t0
 
     def close(self) -> None:
@@ -193,6 +196,10 @@ class IngestPipeline:
         report = IngestReport()
         report.results.extend(DocResult(source=s, status=FAILED, reason=r) for s, r in bad_inputs)
         sources = dedupe(sources)
+        if self.settings.store.chroma_url:
+            from cove.sync import pull_documents
+
+            pull_documents(self.catalog, self.store)  # what other instances indexed is not redone here
         report.rebuilt = self._check_index_identity(rebuild)
         if report.rebuilt:
             sources = self._with_known_documents(sources)
@@ -200,7 +207,10 @@ class IngestPipeline:
         work = self._fetch_all(sources, report, force=rebuild)
         self._parse_and_index(work, report)
         if self._store_changed:
-            self._sync_lexical()
+            try:
+                self._sync_lexical()
+            except StoreUnavailable:
+                pass  # the documents it hit are reported; the next reader catches up by generation
         self.catalog.set_meta("index_id", self.settings.index_id())
         self.timings["total"] = time.perf_counter() - started
         report.timings = dict(self.timings)
@@ -305,14 +315,22 @@ class IngestPipeline:
         self.progress(ProgressEvent("parse", 0, total))
         min_chars = self.settings.parse.min_chars_per_doc
         done = 0
+        store_down: str | None = None
         for item, parsed, error, seconds in self._parse_results(work, min_chars):
             done += 1
             self.timings["parse"] += seconds
             self.progress(ProgressEvent("parse", done, total, item.source.source))
-            if error is not None:
+            if store_down is not None:  # no point parsing on into a store that is gone; the re-run resumes
+                report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", store_down))
+            elif error is not None:
                 self._record_failure(item.source, item.previous, error, report)
-                continue
-            self._index(item, parsed, report)
+            else:
+                try:
+                    self._index(item, parsed, report)
+                except StoreUnavailable as err:
+                    store_down = f"not indexed: {err}"
+                    self._record_pending(item.source.doc_id, store_down)
+                    report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", store_down))
 
     def _parse_results(self, work: list[_Work], min_chars: int):
         """Yield (work, parsed | None, error | None, seconds) as documents finish parsing.
@@ -363,13 +381,16 @@ class IngestPipeline:
             vectors,
             [c.metadata(doc_fields) for c in chunks],
         )
-        self.timings["store"] += time.perf_counter() - t0
-
         record.status = STATUS_OK
         record.content_hash = item.content_hash
         record.index_id = self.settings.index_id()
         record.chunks = len(chunks)
         record.ingested_at = time.time()
+        # Published beside the chunks for other instances of a shared store, then the generation is
+        # renewed again: a reader that caught up in the middle of this write catches up once more.
+        self.store.put_document_record(record.to_dict())
+        self.store.mark_changed()
+        self.timings["store"] += time.perf_counter() - t0
         self.catalog.upsert(record)
         report.results.append(DocResult(source.source, INGESTED, source.doc_id, title, "", record.pages, len(chunks)))
 
@@ -407,6 +428,13 @@ class IngestPipeline:
             pages=len(parsed.pages),
             warnings="; ".join(parsed.warnings),
         )
+
+    def _record_pending(self, doc_id: str, reason: str) -> None:
+        """Leave a document the store could not take as pending, with the reason: the re-run redoes it."""
+        record = self.catalog.get(doc_id)
+        if record is not None:
+            record.status, record.error = STATUS_PENDING, reason
+            self.catalog.upsert(record)
 
     def _record_failure(
         self, source: Source, previous: DocumentRecord | None, reason: str, report: IngestReport

@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
-import time
 
-import httpx
 import pytest
 
 from cove import checks
-from cove.llm import LlamaCppModel, ModelError, resolve_model_path
-from cove.settings import BUNDLED_CHAT_MODEL, load_settings
+from cove.llm import LlamaCppModel
+from cove.settings import load_settings
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,52 +136,3 @@ def test_cli_ask_json_and_batch(small_library, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "b"] and rows[1]["refused"] and not rows[0]["refused"]
-
-
-# --- the OpenAI-compatible backend against a real llama.cpp server ------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", resolve_model_path(BUNDLED_CHAT_MODEL),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    pytest.fail("llama_cpp.server did not start within 120 s")
-
-
-def test_openai_compatible_backend_with_a_real_server(small_library):
-    from cove.answer import AnswerEngine
-
-    port = free_port()
-    proc = start_server(port)
-    try:
-        settings = small_library.model_copy(
-            update={"model": small_library.model.model_copy(
-                update={"backend": "openai", "openai_url": f"http://127.0.0.1:{port}/v1", "timeout_s": 60}
-            )}
-        )  # fmt: skip
-        engine = AnswerEngine(settings)
-        streamed = []
-        answer = engine.ask(HEADS, pipeline="cove", on_event=lambda e: e.stage == "token" and streamed.append(e))
-        assert_cited_and_checked(answer, small_library)
-        assert streamed and answer.tokens["prefill"] > 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    with pytest.raises(ModelError, match="unreachable"):
-        engine.ask(HEADS, pipeline="baseline")

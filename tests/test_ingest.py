@@ -18,7 +18,7 @@ from conftest import FIXTURES, corpus_pdf, make_corrupt_pdf, make_encrypted_pdf,
 
 from cove.catalog import Catalog
 from cove.settings import load_settings
-from cove.store import ChunkStore
+from cove.store import META_COLLECTION, ChunkStore
 from ingest.pipeline import ingest
 from ingest.sources import expand_local, from_arxiv, from_url
 
@@ -140,8 +140,11 @@ def test_changing_index_settings_rebuilds_instead_of_mixing(cove_home, tmp_path)
     assert report.rebuilt and len(report.ingested) == 2
     new = _consistent(smaller)
     assert set(new) == set(old) and sum(new.values()) > sum(old.values())
-    names = [c.name for c in ChunkStore(smaller).client.list_collections()]
-    assert names == [smaller.collection_name], "the old index is dropped, not mixed"
+    store = ChunkStore(smaller)
+    names = sorted(c.name for c in store.client.list_collections())
+    assert names == sorted([smaller.collection_name, META_COLLECTION]), "the old index is dropped, not mixed"
+    assert not store.meta.get(where={"collection": first.collection_name})["ids"], "its records too"
+    assert {r["doc_id"] for r in store.document_records()} == set(new)
 
     rebuilt = ingest([], smaller, rebuild=True)
     assert rebuilt.rebuilt and len(rebuilt.ingested) == 2

@@ -38,14 +38,12 @@ def test_named_paper_routes_to_it(retriever):
 
 
 def test_lexical_index_is_rebuilt_when_the_store_changes(small_library, retriever):
-    from cove.catalog import Catalog
-    from cove.lexical import GENERATION_KEY
+    from cove.store import ChunkStore
 
     before = retriever.lexical.generation
-    catalog = Catalog(small_library.catalog_path)
-    catalog.bump_meta_counter(GENERATION_KEY)  # what ingest does before touching the store
-    catalog.close()
-    assert retriever.lexical.generation == before + 1
+    token = ChunkStore(small_library).mark_changed()  # what every writer does around a change
+    assert token != before
+    assert retriever.lexical.generation == token
     assert len(retriever.lexical) == retriever.store.count()
 
 

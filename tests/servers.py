@@ -1,0 +1,127 @@
+"""Real servers on 127.0.0.1 for tests and benchmarks: a Chroma server and a llama.cpp model server.
+
+Both are the programs a lab would run (`chroma run`, `python -m llama_cpp.server`), started as child
+processes on a free port, waited for until they answer, and stoppable and restartable on the same
+port and data, so tests can take them away mid-operation and bring them back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A child process serving HTTP on 127.0.0.1:`port`, ready when `ready_path` answers 200."""
+
+    ready_path = "/"
+    name = "server"
+
+    def __init__(self, port: int | None = None, log: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 120) -> ServerProcess:
+        out = self.log.open("ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} while starting")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"{self.name} did not answer on {self.url} within {timeout:.0f} s")
+
+    def kill(self) -> None:
+        """Stop at once, as a crash or a pulled plug would (no graceful shutdown)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class ChromaServer(ServerProcess):
+    """`chroma run` (the server chromadb ships) keeping its data in `path`."""
+
+    ready_path = "/api/v2/heartbeat"
+    name = "chroma run"
+
+    def __init__(self, path: Path, port: int | None = None, log: Path | None = None) -> None:
+        super().__init__(port, log)
+        self.path = path
+
+    def command(self) -> list[str]:
+        chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+        return [chroma, "run", "--path", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+class LlamaServer(ServerProcess):
+    """`python -m llama_cpp.server` serving a GGUF model over the OpenAI API."""
+
+    ready_path = "/v1/models"
+    name = "llama_cpp.server"
+
+    def __init__(
+        self,
+        model_path: str,
+        port: int | None = None,
+        n_ctx: int = 4096,
+        log: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(port, log)
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.extra_args = extra_args  # e.g. ("--interrupt_requests", "False") to serve several clients
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "llama_cpp.server", "--model", self.model_path,
+            "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx), *self.extra_args,
+        ]  # fmt: skip
+
+    @property
+    def openai_url(self) -> str:
+        return self.url + "/v1"
