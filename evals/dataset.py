@@ -19,7 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-ItemType = Literal["factoid", "numeric", "method", "comparison", "multi-paper", "follow-up", "unanswerable"]
+ItemType = Literal[
+    "factoid", "numeric", "method", "multi-fact", "table", "comparison", "multi-paper", "follow-up", "unanswerable"
+]
 ITEM_TYPES: tuple[str, ...] = ItemType.__args__
 
 
@@ -59,8 +61,11 @@ class EvalItem(BaseModel):
             raise ValueError("an answerable item needs a source and its pages")
         if isinstance(self.source, list) and len(self.pages) != len(self.source):
             raise ValueError("pages[i] belongs to source[i]: give one page per source")
-        if len(quotes) != len(sources) and not (isinstance(self.source, str) and len(quotes) == 1):
+        single = isinstance(self.source, str)
+        if not single and len(quotes) != len(sources):
             raise ValueError("give one evidence quote per source")
+        if single and len(quotes) != 1 and len(quotes) != len(self.pages):
+            raise ValueError("one source: give one evidence quote, or one quote per entry of pages")
         if not self.must_include or any(not group for group in self.must_include):
             raise ValueError("must_include needs at least one non-empty group of alternatives")
         if any(p < 1 for p in self.pages):
@@ -89,14 +94,17 @@ class EvalItem(BaseModel):
         A single-source item may name several pages (all of the same file)."""
         sources = self.sources
         if len(sources) == 1:
-            return [(sources[0], page) for page in self.pages]
+            return list(dict.fromkeys((sources[0], page) for page in self.pages))
         return list(zip(sources, self.pages, strict=True))
 
     def evidence_pairs(self) -> list[tuple[str, int, str]]:
         """(file name, page, quote) triples, for the checker: each quote is on the page it goes with."""
+        quotes = self.quotes
         if len(self.sources) == 1:
-            return [(self.sources[0], self.pages[0], q) for q in self.quotes]
-        return [(s, p, q) for (s, p), q in zip(self.gold_pages(), self.quotes, strict=True)]
+            if len(quotes) == 1:
+                return [(self.sources[0], self.pages[0], quotes[0])]
+            return [(self.sources[0], p, q) for p, q in zip(self.pages, quotes, strict=True)]
+        return [(s, p, q) for s, p, q in zip(self.sources, self.pages, quotes, strict=True)]
 
     def history_dicts(self) -> list[dict[str, str]]:
         return [turn.model_dump() for turn in self.history]
