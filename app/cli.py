@@ -252,23 +252,33 @@ def library(
 
 
 class _AnswerPrinter:
-    """Shows the engine's AnswerEvents: the CoVe steps on stderr, streamed answer tokens on stderr."""
+    """Shows the engine's events on stderr: the stages, the first checked sentences, the draft
+    (labelled: it is being checked) and each verification, as the app shows them."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        self.drafting = False
 
     def __call__(self, event) -> None:
+        from cove import events as ev
+
         if self.quiet:
             return
-        if event.stage == "token":
-            console.print(event.message, end="", style="dim", markup=False, highlight=False)
-        elif event.stage == "verify":
-            v = event.data
-            if v is not None and hasattr(v, "supported"):
-                mark = "supported" if v.supported else "not supported"
-                console.print(f"  [cyan]verify[/] {v.question} -> {v.answer} [{mark}]", markup=True, highlight=False)
-        elif event.stage in ("retrieve", "draft", "plan", "revise", "check") and isinstance(event.data, type(None)):
-            console.print(f"[bold cyan]{event.stage}[/] {event.message}", highlight=False)
+        if isinstance(event, ev.DraftToken):
+            if not self.drafting:
+                console.print("[dim]draft (being checked):[/] ", end="", highlight=False)
+                self.drafting = True
+            console.print(event.text, end="", style="dim", markup=False, highlight=False)
+            return
+        if self.drafting:
+            console.print()
+            self.drafting = False
+        if isinstance(event, ev.FirstQuotes):
+            console.print(f"[bold cyan]checked so far[/] {event.text}", markup=True, highlight=False)
+        elif isinstance(event, ev.Verified):
+            console.print(f"  [cyan]verify[/] {event.question} -> {event.answer} [{event.status}]", highlight=False)
+        elif isinstance(event, (ev.StageStarted, ev.Retrieved, ev.CoverageDecided, ev.DraftReady, ev.PlanReady)):
+            console.print(f"[bold cyan]{event.stage.value}[/] {event.message}", highlight=False)
 
 
 def _read_history(path: Path | None) -> list[dict[str, str]] | None:
@@ -289,7 +299,10 @@ def _print_answer(answer) -> None:
     out.print()
     out.print(answer.answer, markup=False, highlight=False)
     if answer.corrections:
-        console.print("[yellow]checks:[/] " + "; ".join(answer.corrections), highlight=False)
+        from cove.conversations import correction_text
+
+        lines = "; ".join(correction_text(c) for c in answer.corrections)
+        console.print("[yellow]checks:[/] " + lines, highlight=False)
     for c in answer.citations:
         out.print(f"  [{c.n}] {c.title} ({c.source}), p. {c.page}: \u201c{c.quote}\u201d  {c.url}", markup=False)
     if answer.refused and answer.retrieved:
@@ -437,7 +450,8 @@ def evaluate(
     import datetime
     import time
 
-    from evals.dataset import DatasetError, heldout_ids, load_dataset
+    from evals.corpus import ingest_corpus
+    from evals.dataset import DatasetError, heldout_ids, load_dataset, select_items
     from evals.report import write_outputs
     from evals.runner import run_eval
     from evals.variants import VariantError, parse_variant, unique_names
@@ -450,10 +464,20 @@ def evaluate(
         console.print(f"[red]{err}[/]")
         raise typer.Exit(2) from err
     heldout = heldout_ids(dataset)
-    items = _select_items(items, ids, split, limit, heldout)
+    try:
+        items = select_items(items, ids, split, limit, heldout)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
     settings = _settings(home, retrieve={"k": k}, model=_model_options(model, openai_url))
     if corpus is not None:
-        _ingest_corpus(corpus, sorted({s for item in load_dataset(dataset) for s in item.sources}), settings)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
+            missing, report = ingest_corpus(corpus, load_dataset(dataset), settings, _ProgressBars(progress))
+        if missing:
+            console.print(f"[yellow]Not in {corpus}:[/] {', '.join(missing)} (their items will score 0)")
+        if report.failed:
+            console.print(f"[yellow]{len(report.failed)} corpus file(s) could not be indexed[/]")
     if not settings.catalog_path.exists():
         console.print(f"[red]No library at {settings.home_dir}.[/] Use --corpus <folder> or cove ingest first.")
         raise typer.Exit(2)
@@ -492,52 +516,24 @@ def evaluate(
         raise typer.Exit(1)
 
 
-def _select_items(items, ids: str | None, split: str, limit: int | None, heldout: set[str]):
-    if split not in ("all", "tuning", "heldout"):
-        raise typer.BadParameter("--split must be all, tuning or heldout")
-    if ids:
-        wanted = {i.strip() for i in ids.split(",") if i.strip()}
-        unknown = wanted - {i.id for i in items}
-        if unknown:
-            raise typer.BadParameter(f"no items with ids {', '.join(sorted(unknown))}")
-        items = [i for i in items if i.id in wanted]
-    if split != "all":
-        items = [i for i in items if (i.id in heldout) == (split == "heldout")]
-    return items[:limit] if limit else items
-
-
-def _ingest_corpus(corpus: Path, file_names: list[str], settings: CoveSettings) -> None:
-    """Index the papers the dataset cites (already indexed ones are skipped), and only those."""
-    from ingest import sources as src
-    from ingest.pipeline import ingest as run_ingest
-
-    missing = [name for name in file_names if not (corpus / name).is_file()]
-    if missing:
-        console.print(f"[yellow]Not in {corpus}:[/] {', '.join(missing)} (their items will score 0)")
-    chosen, bad = src.collect_sources([corpus / n for n in file_names if n not in missing], [], [], [])
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
-        report = run_ingest(chosen, settings, _ProgressBars(progress), bad_inputs=bad)
-    if report.failed:
-        console.print(f"[yellow]{len(report.failed)} corpus file(s) could not be indexed[/]")
-
-
 def _print_eval_summary(summary: dict[str, Any]) -> None:
-    table = Table(title="Evaluation")
+    table = Table(title="Evaluation (all items)")
     columns = ("correctness", "refusal_accuracy", "recall_at_k", "citation_precision", "grounded_numbers")
     for title in ("variant", *columns, "p50 s"):
         table.add_column(title, justify="right")
     for name, result in summary["variants"].items():
         overall = result["overall"]
-        cells = []
-        for metric in columns:
-            gap = result["targets"].get(metric)
-            value = overall.get(metric)
-            text = "n/a" if value is None else f"{value:.2f}"
-            cells.append(text if gap is None or gap["met"] else f"[red]{text}[/]")
+        cells = ["n/a" if overall.get(m) is None else f"{overall[m]:.2f}" for m in columns]
         table.add_row(name, *cells, f"{overall.get('latency_p50_s', 0):.1f}")
     Console().print(table)
+    targets = Table(title="Targets (held-out items)")
+    for title in ("issue", "target", "measured", ""):
+        targets.add_column(title)
+    for t in summary["targets"]:
+        verdict = "[green]met[/]" if t["met"] else "[red]missed[/]"
+        value = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        targets.add_row(str(t["issue"]), f"{t['name']} {t['op']} {t['target']}", value, verdict)
+    Console().print(targets)
 
 
 @app.command("check-dataset")

@@ -46,6 +46,15 @@ def _title_attr(citation: dict[str, Any]) -> str:
     return f"{citation.get('title') or citation.get('source')}, p. {citation['page']}".replace('"', "'")
 
 
-def verification_line(question: str, reply: str, supported: bool) -> str:
-    mark = "✅ supported" if supported else "❌ not supported"
+VERDICTS = {
+    "confirmed": "✅ confirmed",
+    "answered": "✅ answered from its own sources",
+    "contradicted": "⚠️ contradicted: corrected",
+    "unconfirmed": "❌ not confirmed: dropped",
+    "not_found": "❌ the library does not say",
+}
+
+
+def verification_line(question: str, reply: str, status: str) -> str:
+    mark = VERDICTS.get(status, status)
     return f"- **{md(question)}** → {md(reply or '(no answer)')} ({mark})"

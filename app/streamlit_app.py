@@ -22,9 +22,9 @@ from typing import Any
 import streamlit as st
 
 from app.markdown import answer_markdown, citation_link, md, verification_line
-from cove.answer import AnswerEvent, Verification
+from cove import events as ev
 from cove.chat import ChatService, LibraryStatus, friendly_error
-from cove.conversations import Message, answer_note, export_markdown
+from cove.conversations import Message, answer_note, correction_text, export_markdown
 from cove.settings import BUNDLED_CHAT_MODEL, CoveSettings, load_settings
 
 MODEL_CHOICES = {
@@ -33,12 +33,11 @@ MODEL_CHOICES = {
     "openai": "An OpenAI-compatible server",
 }
 STAGE_LABELS = {
-    "retrieve": "Searching the library…",
-    "draft": "Drafting an answer…",
-    "plan": "Planning verification questions…",
-    "verify": "Answering the verification questions…",
-    "revise": "Revising the draft…",
-    "check": "Checking every sentence against its source…",
+    ev.Stage.RETRIEVE: "Searching the library…",
+    ev.Stage.COVERAGE: "Checking the library covers the question…",
+    ev.Stage.DRAFT: "The model drafts an answer; every sentence is checked…",
+    ev.Stage.VERIFY: "Verifying each part and claim against its own sources…",
+    ev.Stage.COMPOSE: "Writing the answer from checked sentences…",
 }
 INGEST_STAGES = {"fetch": (0.0, 0.2), "parse": (0.2, 0.5), "embed": (0.5, 1.0)}
 
@@ -113,16 +112,16 @@ def render_sources(citations: list[dict[str, Any]], expanded: bool = True) -> No
 
 
 def render_verification(answer: dict[str, Any]) -> None:
-    """The CoVe steps of a finished answer, collapsed: draft, questions with their answers, changes."""
+    """The CoVe steps of a finished answer, collapsed: the draft, each verification, what changed."""
     checks = answer.get("verification", [])
     if answer.get("pipeline") == "cove" and (answer.get("draft") or checks):
-        supported = sum(1 for v in checks if v["supported"])
-        with st.expander(f"Verification: {len(checks)} questions, {supported} supported"):
-            st.markdown("**Draft**")
+        supported = sum(1 for v in checks if v.get("supported"))
+        with st.expander(f"Verification: {len(checks)} questions, {supported} confirmed"):
+            st.markdown("**Draft** (the model's, checked before anything was shown)")
             st.text(answer.get("draft") or "(empty)")
             for v in checks:
-                st.markdown(verification_line(v["question"], v["answer"], v["supported"]))
-    corrections = answer.get("corrections", [])
+                st.markdown(verification_line(v["question"], v.get("answer", ""), v.get("status", "")))
+    corrections = [correction_text(c) for c in answer.get("corrections", [])]
     if corrections:
         with st.expander(f"What the checks changed ({len(corrections)})"):
             for line in corrections:
@@ -153,51 +152,53 @@ def render_answer(answer: dict[str, Any], show_verification: bool, expanded_sour
 
 # --- answering live ----------------------------------------------------------------------------------
 class LiveAnswer:
-    """Draws the engine's AnswerEvents: steps into a collapsed status panel, answer tokens streamed."""
+    """Draws the engine's events as they come: the best checked sentences first, the model's draft
+    labelled as a draft being checked, each verification as it is confirmed, then the answer.
+    Nothing is swapped silently: the final answer replaces the draft with a note of what changed."""
 
-    def __init__(self, show_verification: bool, pipeline: str) -> None:
+    def __init__(self, show_verification: bool) -> None:
         self.show = show_verification
-        self.final_step = "revise" if pipeline == "cove" else "draft"
         self.status = st.status("Searching the library…", expanded=False)
-        self.box = st.empty()
-        self.streamed = ""
+        self.early = st.empty()  # checked sentences from the first retrieval
+        self.draft_box = st.empty()  # the model's draft, labelled
+        self.draft = ""
         self.waited = False
 
-    def __call__(self, event: AnswerEvent) -> None:
-        if event.stage == "token":
-            if event.data == self.final_step:
-                self.streamed += event.message
-                self.box.markdown(md(self.streamed) + " ▌")
+    def __call__(self, event: ev.AnswerEvent) -> None:
+        if isinstance(event, ev.DraftToken):
+            self.draft += event.text
+            self.draft_box.caption("Draft (being checked): " + md(self.draft) + " ▌")
             return
-        if event.stage == "done":
+        if isinstance(event, ev.FirstQuotes):
+            self.early.markdown("**Checked so far:** " + answer_markdown(event.text, event.citations))
             return
-        if event.message.startswith("waiting for the model"):
+        if isinstance(event, ev.Waiting):
             self.waited = True
             self.status.update(label="Waiting for the model: another question is being answered…", state="running")
             self.status.write("⏳ Waited for the model: another question was being answered.")
             return
-        self.status.update(label=STAGE_LABELS.get(event.stage, event.stage), state="running")
+        if isinstance(event, ev.Finished):
+            return
+        self.status.update(label=STAGE_LABELS.get(event.stage, str(event.stage)), state="running")
         if self.show:
             self._detail(event)
 
-    def _detail(self, event: AnswerEvent) -> None:
-        if event.stage == "verify" and isinstance(event.data, Verification):
-            v = event.data
-            self.status.markdown(verification_line(v.question, v.answer, v.supported))
-        elif event.stage == "retrieve" and isinstance(event.data, list):
-            found = ", ".join(f"{r['title'] or r['source']} p.{r['page']}" for r in event.data)
+    def _detail(self, event: ev.AnswerEvent) -> None:
+        if isinstance(event, ev.Retrieved):
+            found = ", ".join(f"{r['title'] or r['source']} p.{r['page']}" for r in event.sources)
             self.status.markdown("**Retrieved:** " + md(found))
-        elif event.stage == "draft" and isinstance(event.data, str):
-            self.status.markdown("**Draft:** " + md(event.data or "(empty)"))
-        elif event.stage == "plan" and isinstance(event.data, list):
-            self.status.markdown(f"**{len(event.data)} verification questions**")
-        elif event.stage == "revise" and isinstance(event.data, str):
-            self.status.markdown("**Revised:** " + md(event.data or "(empty)"))
-        elif event.stage == "check" and isinstance(event.data, list):
-            self.status.markdown("**Checks:** " + md("; ".join(event.data) or "every sentence is supported"))
+        elif isinstance(event, ev.DraftReady):
+            self.status.markdown(f"**Draft:** {event.supported} of {event.sentences} sentences supported")
+        elif isinstance(event, ev.PlanReady):
+            self.status.markdown(f"**{len(event.questions)} verification questions**")
+        elif isinstance(event, ev.Verified):
+            self.status.markdown(verification_line(event.question, event.answer, event.status))
+        elif isinstance(event, ev.Composed) and event.corrections:
+            self.status.markdown("**Checks:** " + md("; ".join(event.corrections)))
 
     def finish(self, message: Message) -> None:
-        self.box.empty()
+        self.early.empty()
+        self.draft_box.empty()
         if message.role == "error":
             self.status.update(label="Not answered", state="error", expanded=False)
             st.error(message.content)
@@ -223,7 +224,7 @@ def ask(svc: ChatService, question: str) -> None:
     with st.chat_message("user"):
         st.markdown(md(question))
     with st.chat_message("assistant"):
-        live = LiveAnswer(bool(s.show_verification), s.pipeline)
+        live = LiveAnswer(bool(s.show_verification))
         message = svc.ask(s.chat_id, question, overrides(), on_event=live)
         live.finish(message)
 
@@ -326,8 +327,10 @@ def run_ingest(svc: ChatService, sources: list, bad: list[tuple[str, str]]) -> N
         share = event.completed / event.total if event.total else 1.0
         bar.progress(min(1.0, start + (end - start) * share), text=f"{event.stage}: {event.source[-40:]}")
 
+    from ingest.pipeline import ingest
+
     try:
-        report = svc.add_papers(sources, bad, progress)
+        report = ingest(sources, svc.settings, progress, bad_inputs=bad)
     except Exception as err:  # the library stays as it was; the next run resumes
         st.session_state.ingest_report = {"errors": [f"Adding papers failed: {friendly_error(err)}"]}
     else:

@@ -1,56 +1,82 @@
-"""The answer engine: retrieve, answer with chain-of-verification, check every sentence, cite pages.
+"""The answer engine: retrieve -> coverage -> draft -> verify -> compose, each a visible stage.
 
     engine = AnswerEngine(settings)
     answer = engine.ask("How many attention heads does the base Transformer use?", on_event=print)
     answer.to_json()
 
-Pipelines:
-- ``baseline``: one retrieval-augmented answer (the `answer` prompt), then the checks.
-- ``cove``: the "factor + revise" chain-of-verification of Dhuliawala et al. (2309.11495):
-  1. draft from numbered sources (`answer` prompt; same as the baseline),
-  2. plan verification questions for the draft's claims (`plan`, a follow-up turn after the draft),
-  3. answer each question on its own, from evidence retrieved for it, without the draft (`verify`),
-  4. revise the draft given those answers (`revise`, a follow-up turn after the draft);
-  then the same checks as the baseline.
+Each stage is a method that takes and returns plain dataclasses, so it can be run and tested alone:
 
-Steps 1, 2 and 4 start with the same messages (sources + question + draft), so llama.cpp computes
-that prefix once (see `cove.llm`). The checks (`cove.checks`) decide what is shown, not the model:
-unsupported sentences are corrected from the evidence or removed, an answer with nothing supported
-becomes extractive quotes, and a question the library does not cover is refused.
+1. **retrieve** (`Retrieval`): hybrid search for a stand-alone query (a follow-up is joined to the
+   question before it); the hits become numbered `Evidence` for the checks and the quote scorer.
+2. **coverage** (`Coverage`): does the library say anything about this? The question is cut into
+   its parts (`cove.question`); a question about something no passage mentions is refused here.
+   Right after it, the best checked sentences of the first retrieval go out as `FirstQuotes`: what
+   a user can read before the model has said a word.
+3. **draft** (`Draft`): the model answers from the numbered sources; every sentence is checked
+   (`cove.checks`). The draft streams as a draft, never as the answer.
+4. **verify** (CoVe only, `VerificationRound`): factored chain-of-verification (`cove.verify`):
+   each part of the question and each claim of the draft is checked against its own retrieval.
+5. **compose** (`cove.compose`): the answer policy turns parts, evidence and checked sentences into
+   what the user reads, with typed corrections of what the checks changed.
 
-Progress flows out through `on_event` (`AnswerEvent`): the CLI prints it, the app shows the CoVe
-steps live, from the same code.
+Pipelines: ``baseline`` runs 1, 2, 3, 5 (every part answered from the one retrieval); ``cove`` adds 4
+(each part answered from its own evidence, the draft's claims confirmed, corrected or dropped).
+Progress flows out as typed events (`cove.events`): the CLI, the app and the API draw the same steps.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cove import checks
-from cove.checks import Evidence
+from cove import text as tx
+from cove.checks import Evidence, SentenceCheck, check_sentence
+from cove.compose import Change, ComposeSettings, Composition, Correction, PartAnswer, best_for_part, compose
+from cove.events import (
+    AnswerEvent,
+    Composed,
+    CoverageDecided,
+    DraftReady,
+    DraftToken,
+    EventCallback,
+    Finished,
+    FirstQuotes,
+    PlanReady,
+    Retrieved,
+    Stage,
+    StageStarted,
+    Verified,
+    Waiting,
+)
 from cove.llm import ChatModel, Completion, load_chat_model
 from cove.prompts import load_prompts
-from cove.retrieve import Hit, Retriever, standalone_query, words
+from cove.question import Question, analyze
+from cove.quotes import Pool, QuoteScorer, default_weights, fitted_threshold
+from cove.retrieve import Hit, Retriever, standalone_query
 from cove.settings import CoveSettings
+from cove.verify import (
+    ANSWERED,
+    CLAIM,
+    CONFIRMED,
+    CONTRADICTED,
+    MODEL,
+    NOT_FOUND,
+    PART,
+    Verification,
+    VerificationQuestion,
+    judge_claim,
+    model_reply_holds,
+    parse_model_plan,
+    part_question,
+    plan,
+)
 
 REFUSAL = "The library does not cover this."
-STEPS = ("retrieve", "draft", "plan", "verify", "revise", "check")
-
-
-@dataclass
-class AnswerEvent:
-    stage: str  # one of STEPS, "token" or "done"
-    message: str = ""
-    data: Any = None
-
-
-EventCallback = Callable[[AnswerEvent], None]
 
 
 @dataclass
@@ -66,14 +92,6 @@ class Citation:
 
 
 @dataclass
-class Verification:
-    question: str
-    answer: str
-    supported: bool
-    sources: list[dict] = field(default_factory=list)
-
-
-@dataclass
 class Answer:
     id: str
     question: str
@@ -82,14 +100,15 @@ class Answer:
     pipeline: str
     citations: list[Citation] = field(default_factory=list)
     retrieved: list[dict] = field(default_factory=list)
-    verification: list[Verification] = field(default_factory=list)
+    verification: list[dict] = field(default_factory=list)
+    parts: list[dict] = field(default_factory=list)  # each part of the question: found or not, and by what
     prompt_versions: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    tokens: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, Any] = field(default_factory=dict)
     draft: str = ""
-    generated: str = ""  # the model's final text before the checks (the draft, or CoVe's revision)
-    corrections: list[str] = field(default_factory=list)  # what the checks removed or corrected
-    mode: str = "generated"  # "generated" | "quoted" (quotes + checked sentences) | "extractive" | "refused"
+    generated: str = ""  # the model's own text before the checks (the draft)
+    corrections: list[dict] = field(default_factory=list)  # what the checks removed, corrected or confirmed
+    mode: str = "extractive"  # refused | extractive | quoted | generated
     query: str = ""  # the stand-alone retrieval query (differs for follow-ups)
     model: str = ""
 
@@ -97,35 +116,90 @@ class Answer:
         return asdict(self)
 
 
+# --- the stages' results ------------------------------------------------------------------------------
+
+
+@dataclass
+class Retrieval:
+    """What the first search found, numbered as the model and the checks see it."""
+
+    query: str
+    hits: list[Hit]
+    evidence: dict[int, Evidence]
+    named: set[str]
+
+    def with_hits(self, extra: list[Hit], make_evidence) -> Retrieval:
+        """These sources plus new ones (numbered after them): verification's passages join the pool."""
+        hits, evidence = list(self.hits), dict(self.evidence)
+        seen = {h.id for h in hits}
+        for hit in extra:
+            if hit.id in seen or hit.vector is None:
+                continue
+            seen.add(hit.id)
+            hits.append(hit)
+            evidence[len(hits)] = make_evidence(len(hits), hit)
+        return Retrieval(self.query, hits, evidence, self.named)
+
+    def number_of(self, hit_id: str) -> int | None:
+        return next((n for n, h in enumerate(self.hits, 1) if h.id == hit_id), None)
+
+
+@dataclass
+class Coverage:
+    covered: bool
+    question: Question
+    reason: str = ""
+
+
+@dataclass
+class Draft:
+    text: str
+    checks: list[SentenceCheck]
+
+
+@dataclass
+class VerificationRound:
+    """Chain-of-verification's results: each question's verdict, the parts answered from their own
+    evidence, the draft claims it confirmed, and the pooled sources the final answer cites."""
+
+    questions: list[VerificationQuestion]
+    results: list[Verification]
+    parts: list[PartAnswer] | None  # None: parts were not verified separately
+    confirmed: list[SentenceCheck]  # draft claims that independent evidence supports
+    corrections: list[Correction]
+    pooled: Retrieval
+
+
 class _Meter:
-    """Timings and token counts per step."""
+    """Timings and token counts per stage."""
 
     def __init__(self) -> None:
-        self.timings = {f"{s}_s": 0.0 for s in ("retrieve", "draft", "plan", "verify", "revise", "check")}
+        self.timings = {f"{s.value}_s": 0.0 for s in Stage if s is not Stage.DONE}
         self.tokens = {"prefill": 0, "decode": 0, "prompt": 0}
         self.steps: dict[str, dict[str, int]] = {}
 
     def add(self, step: str, completion: Completion) -> None:
-        self.tokens["prefill"] += completion.prefill_tokens
-        self.tokens["decode"] += completion.decode_tokens
-        self.tokens["prompt"] += completion.prompt_tokens
         row = self.steps.setdefault(step, {"prefill": 0, "decode": 0, "prompt": 0})
-        row["prefill"] += completion.prefill_tokens
-        row["decode"] += completion.decode_tokens
-        row["prompt"] += completion.prompt_tokens
+        for key, value in (("prefill", completion.prefill_tokens), ("decode", completion.decode_tokens),
+                           ("prompt", completion.prompt_tokens)):  # fmt: skip
+            self.tokens[key] += value
+            row[key] += value
+
+    def timed(self, stage: Stage, started: float) -> None:
+        self.timings[f"{stage.value}_s"] += time.perf_counter() - started
 
 
 def excerpt(text: str, query: str, limit: int) -> str:
     """The part of a chunk most about `query`, at most `limit` characters, in the chunk's own order.
 
     Shorter sources mean fewer prompt tokens (the main cost); the sentences kept are the ones that
-    share most words with the query, plus the chunk's opening for context."""
-    text = re.sub(r"\s+", " ", text).strip()
+    share most words with the query."""
+    text = tx.squash(text)
     if len(text) <= limit:
         return text
-    sentences = re.split(r"(?<=[.!?])\s+", text)
-    q = words(query)
-    ranked = sorted(range(len(sentences)), key=lambda i: (-len(q & words(sentences[i])), i))
+    sentences = tx.split_sentences(text)
+    q = tx.words(query)
+    ranked = sorted(range(len(sentences)), key=lambda i: (-len(q & tx.words(sentences[i])), i))
     keep, used = set(), 0
     for i in ranked:
         if used + len(sentences[i]) + 1 > limit and keep:
@@ -145,14 +219,13 @@ def citation_url(meta: dict) -> str:
     return f"{url}#{anchor}" if anchor else url
 
 
-def parse_questions(text: str, limit: int) -> list[str]:
-    """Verification questions from the plan step: one per line, numbering and bullets removed."""
-    found = []
-    for line in text.splitlines():
-        line = re.sub(r"^\s*(?:\d+[.)]|[-*•]|Q\d*[:.])\s*", "", line).strip()
-        if len(line) > 8 and line.endswith("?") and line not in found:
-            found.append(line)
-    return found[:limit]
+def unquotable_spans(metadata: dict) -> list[tuple[int, int, str]]:
+    """Character ranges of a chunk that are not prose (equations, figure text), from its metadata."""
+    raw = metadata.get("spans") or "[]"
+    try:
+        return [(int(s), int(e), str(k)) for s, e, k in json.loads(raw)]
+    except (ValueError, TypeError):
+        return []
 
 
 class AnswerEngine:
@@ -163,6 +236,14 @@ class AnswerEngine:
         self.retriever = retriever or Retriever(settings)
         self._model = model
         self.prompts = load_prompts(settings.answer.prompts_dir)
+        weights = settings.quotes.weights or default_weights()
+        self.scorer = QuoteScorer(weights, self.retriever.embedder.embed, settings.quotes.prefilter)
+        threshold = settings.quotes.threshold
+        self.compose_settings = ComposeSettings(
+            threshold=fitted_threshold() if threshold is None else threshold,
+            max_generated_sentences=settings.answer.max_generated_sentences,
+            generated_lead=settings.answer.generated_lead,
+        )
 
     @property
     def model(self) -> ChatModel:
@@ -183,314 +264,384 @@ class AnswerEngine:
         pipeline = pipeline or self.settings.answer.pipeline
         started = time.perf_counter()
         meter = _Meter()
-        answer = Answer(id=id, question=question, answer="", refused=False, pipeline=pipeline, model="")
+        answer = Answer(id=id, question=question, answer="", refused=False, pipeline=pipeline)
 
-        query = standalone_query(question, history)
-        answer.query = query
-        emit(AnswerEvent("retrieve", f"searching the library for: {query}"))
-        t0 = time.perf_counter()
-        hits = self.retriever.search(query, k=self.settings.retrieve.k).hits
-        meter.timings["retrieve_s"] = time.perf_counter() - t0
-        answer.retrieved = [
-            {
-                "source": h.source,
-                "doc_id": h.doc_id,
-                "page": h.page,
-                "score": round(h.cosine, 4),
-                "title": h.title,
-                "chunk_id": h.id,
-            }
-            for h in hits
-        ]
-        emit(AnswerEvent("retrieve", f"{len(hits)} sources", answer.retrieved))
-
-        if not self.covers(query, hits):
-            self._refuse(answer, hits, "no relevant passage in the library")
+        retrieval = self.retrieve(question, history, meter, emit)
+        answer.query, answer.retrieved = retrieval.query, _retrieved_json(retrieval.hits)
+        coverage = self.coverage(retrieval, emit)
+        if not coverage.covered:
+            composition = _refusal(coverage.reason)
+            final = retrieval
         else:
+            self.first_quotes(coverage.question, retrieval, meter, emit)  # before the model is even loaded
+            draft = self.draft(question, history, retrieval, meter, emit)
             answer.model = getattr(self.model, "name", "")
-            self._generate(answer, question, query, history, hits, pipeline, meter, emit)
+            answer.draft = answer.generated = draft.text
+            versions = ["answer"]
+            if pipeline == "cove":
+                verification = self.verify(coverage.question, draft, retrieval, meter, emit)
+                answer.verification = [v.to_json() for v in verification.results]
+                composition, final = self.revise(coverage.question, draft, verification, meter, emit)
+                versions += ["verify"] + (["plan"] if self.settings.answer.cove.model_plan else [])
+            else:
+                composition, final = self.compose(coverage.question, draft, retrieval, meter, emit), retrieval
+            answer.prompt_versions = self.prompts.versions(versions)
 
+        self._fill(answer, composition, final, retrieval)
         meter.timings["total_s"] = time.perf_counter() - started
         answer.timings = {k: round(v, 3) for k, v in meter.timings.items()}
         answer.tokens = {**meter.tokens, "steps": meter.steps}
-        emit(AnswerEvent("done", answer.answer, answer))
+        emit(Finished(Stage.DONE, answer.answer, answer))
         return answer
 
-    # --- coverage and refusal ------------------------------------------------------------------------
-    def covers(self, query: str, hits: list[Hit]) -> bool:
-        """Does the library say anything about this? The best passage must be close in meaning, and
-        every name the question uses (GPT-4, BitNet, Mamba) must occur in some retrieved passage:
-        a question about a paper the library lacks retrieves similar-sounding passages of others."""
-        if not hits:
-            return False
-        if max(h.cosine for h in hits) < self.settings.answer.min_relevance and not self._named_match(query, hits):
-            return False
-        haystack = " ".join(_header(h) + " " + h.text for h in hits).lower()
-        return all(checks.has_entity(e, haystack) for e in checks.entities(query))
+    # --- 1. retrieve -----------------------------------------------------------------------------------
+    def retrieve(self, question: str, history, meter: _Meter, emit: EventCallback) -> Retrieval:
+        query = standalone_query(question, history)
+        emit(StageStarted(Stage.RETRIEVE, f"searching the library for: {query}"))
+        t0 = time.perf_counter()
+        result = self.retriever.search(query, k=self.settings.retrieve.k)
+        meter.timed(Stage.RETRIEVE, t0)
+        evidence = {n: self.evidence(n, hit) for n, hit in enumerate(result.hits, start=1)}
+        retrieval = Retrieval(query, result.hits, evidence, result.named)
+        emit(Retrieved(Stage.RETRIEVE, f"{len(result.hits)} sources", query, _retrieved_json(result.hits)))
+        return retrieval
 
-    def _named_match(self, query: str, hits: list[Hit]) -> bool:
-        """On topic although MiniLM scores every passage low. Either the question names a paper in
-        the library and passages of it were retrieved ("What activation function did GPT-1 use?"
-        against GPT-1's hyper-parameter paragraph; the names check in `covers` still refuses
-        "FlashAttention-3"), or BM25's best passage has nearly all the question's content words."""
-        named = self.retriever.named_documents(query)
-        if named & {h.doc_id for h in hits}:
+    def evidence(self, n: int, hit: Hit) -> Evidence:
+        """A hit as the checks and the quote scorer see it (its paper's aliases in the header)."""
+        from cove.lexical import lexical_text
+
+        header = lexical_text("", hit.metadata).strip()
+        aliases = self.retriever.aliases(hit.doc_id)
+        if aliases:
+            header += " (" + ", ".join(aliases) + ")"
+        return Evidence(
+            n, hit.text, header, np.asarray(hit.vector, dtype=np.float32) if hit.vector is not None else None,
+            unquotable=unquotable_spans(hit.metadata), block=str(hit.metadata.get("block") or "prose"),
+            doc_id=hit.doc_id, rank=hit.rank, cosine=hit.cosine,
+        )  # fmt: skip
+
+    # --- 2. coverage ------------------------------------------------------------------------------------
+    def coverage(self, retrieval: Retrieval, emit: EventCallback) -> Coverage:
+        """Does the library say anything about this? The best passage must be close in meaning (or
+        from a paper the question names), and every name the question uses must occur in some
+        retrieved passage: a question about a paper the library lacks retrieves similar-sounding
+        passages of others."""
+        question = analyze(retrieval.query, self.retriever.named_documents)
+        hits = retrieval.hits
+        reason = ""
+        if not hits:
+            reason = "the library is empty or nothing matched"
+        elif max(h.cosine for h in hits) < self.settings.answer.min_relevance and not self._named_match(retrieval):
+            reason = "no relevant passage in the library"
+        else:
+            haystack = tx.fold(" ".join(e.full for e in retrieval.evidence.values()))
+            missing = sorted(e for e in tx.entities(retrieval.query) if not tx.has_entity(e, haystack))
+            # A question of several parts may still be answered in part: its parts decide.
+            some_part = any(not (p.names & set(missing)) for p in question.parts) if question.multi_part else False
+            if missing and not some_part:
+                reason = f"no retrieved passage mentions {', '.join(missing)}"
+        coverage = Coverage(not reason, question, reason)
+        emit(CoverageDecided(Stage.COVERAGE, reason or f"{len(question.parts)} part(s)", coverage.covered,
+                             [p.text for p in question.parts]))  # fmt: skip
+        return coverage
+
+    def _named_match(self, retrieval: Retrieval) -> bool:
+        """On topic although MiniLM scores every passage low: the question names a paper whose
+        passages were retrieved, or BM25's best passage has nearly all its content words."""
+        if retrieval.named & {h.doc_id for h in retrieval.hits}:
             return True
-        # Or BM25's best passage holds nearly every content word of a specific question.
-        terms = checks.key_terms(query)
-        best = next((h for h in hits if h.lexical_rank == 1), None)
+        terms = tx.key_terms(retrieval.query)
+        best = next((h for h in retrieval.hits if h.lexical_rank == 1), None)
         if best is None or len(terms) < 3:
             return False
-        return len(terms & checks.key_terms(best.text)) >= 0.8 * len(terms)
+        return len(terms & tx.key_terms(best.text)) >= 0.8 * len(terms)
 
-    def _refuse(self, answer: Answer, hits: list[Hit], why: str) -> None:
-        closest = ", ".join(f"{h.title or h.source} p.{h.page}" for h in hits[:3])
-        answer.refused = True
-        answer.mode = "refused"
-        answer.answer = REFUSAL + (f" Closest sources: {closest}." if closest else "")
-        answer.corrections.append(f"refused: {why}")
-
-    # --- generation ------------------------------------------------------------------------------------
-    def _sources_block(self, hits: list[Hit], query: str) -> tuple[str, dict[int, Evidence]]:
-        limit = self.settings.answer.source_chars
-        lines, evidence = [], {}
-        for n, hit in enumerate(hits, start=1):
-            text = excerpt(hit.text, query, limit)
-            where = f"{hit.title or hit.source}, p. {hit.page}"
-            lines.append(f"[{n}] ({where}) {text}")
-            evidence[n] = Evidence(n, hit.text, _header(hit), np.asarray(hit.vector, dtype=np.float32))
-        return "\n".join(lines), evidence
-
-    def _chat(self, step: str, messages, meter: _Meter, emit: EventCallback, stream: bool, max_tokens: int) -> str:
+    def first_quotes(self, question: Question, retrieval: Retrieval, meter: _Meter, emit: EventCallback) -> Composition:
+        """The best checked sentences of the first retrieval, out before the model starts."""
         t0 = time.perf_counter()
-        on_token = (lambda piece: emit(AnswerEvent("token", piece, step))) if stream else None
+        early = compose(question, self._pool(retrieval), self.scorer, [], self.compose_settings)
+        meter.timed(Stage.COMPOSE, t0)
+        if early.sentences:
+            citations = [asdict(c) for c in self._citations(early, retrieval)]
+            emit(FirstQuotes(Stage.COMPOSE, "best checked sentences so far", early.text(), citations))
+        return early
+
+    # --- 3. draft ---------------------------------------------------------------------------------------
+    def draft(self, question: str, history, retrieval: Retrieval, meter: _Meter, emit: EventCallback) -> Draft:
+        emit(StageStarted(Stage.DRAFT, "the model drafts an answer from the sources (it is checked next)"))
+        prompt = self.prompts["answer"]
+        sources = self._sources_block(retrieval)
+        messages = [
+            {"role": "system", "content": prompt.render("system", sources=sources)},
+            {"role": "user", "content": prompt.render("user", history=_history_text(history), question=question)},
+        ]
+        text = self._chat(
+            Stage.DRAFT, messages, meter, emit, stream=True, max_tokens=self.settings.answer.max_answer_tokens
+        )
+        t0 = time.perf_counter()
+        checks = self.check(text, retrieval.evidence, prompt.marker("not_stated"))
+        meter.timed(Stage.DRAFT, t0)
+        supported = sum(c.supported for c in checks)
+        emit(DraftReady(Stage.DRAFT, f"{supported} of {len(checks)} draft sentences supported", text, supported,
+                        len(checks)))  # fmt: skip
+        return Draft(text, checks)
+
+    def check(self, text: str, evidence: dict[int, Evidence], not_stated: str = "") -> list[SentenceCheck]:
+        """Every sentence of a model's text against the sources it cites."""
+        sentences = [s for s in tx.split_sentences(text) if tx.strip_citations(s)]
+        if not_stated:
+            sentences = [s for s in sentences if tx.fold(not_stated).rstrip(".") not in tx.fold(s)]
+        if not sentences:
+            return []
+        vectors = self.retriever.embedder.embed([tx.strip_citations(s) for s in sentences])
+        threshold = self.settings.answer.support_similarity
+        return [check_sentence(s, evidence, v, threshold) for s, v in zip(sentences, vectors, strict=True)]
+
+    def _sources_block(self, retrieval: Retrieval) -> str:
+        limit = self.settings.answer.source_chars
+        lines = []
+        for n, hit in enumerate(retrieval.hits, start=1):
+            where = f"{hit.title or hit.source}, p. {hit.page}"
+            lines.append(f"[{n}] ({where}) {excerpt(hit.text, retrieval.query, limit)}")
+        return "\n".join(lines)
+
+    def _chat(self, stage: Stage, messages, meter: _Meter, emit: EventCallback, stream: bool, max_tokens: int) -> str:
+        t0 = time.perf_counter()
+        on_token = (lambda piece: emit(DraftToken(stage, piece, piece))) if stream else None
         completion = self.model.chat(
             messages,
             max_tokens=max_tokens,
             on_token=on_token,
-            on_wait=lambda: emit(AnswerEvent(step, "waiting for the model (another question is being answered)")),
+            on_wait=lambda: emit(Waiting(stage, "waiting for the model (another question is being answered)")),
         )
-        meter.timings[f"{step}_s"] += time.perf_counter() - t0
-        meter.add(step, completion)
+        meter.timed(stage, t0)
+        meter.add(stage.value, completion)
         return completion.text.strip()
 
-    def _generate(self, answer, question, query, history, hits, pipeline, meter, emit) -> None:
-        cfg = self.settings.answer
-        sources_text, evidence = self._sources_block(hits, query)
-        base = [
-            {"role": "system", "content": self.prompts["answer"].render("system", sources=sources_text)},
-            {
-                "role": "user",
-                "content": self.prompts["answer"].render("user", history=_history_text(history), question=question),
-            },
-        ]
-        versions = ["answer"]
-        verify_hits: list[Hit] = []  # passages CoVe's verification questions retrieved
-        emit(AnswerEvent("draft", "drafting an answer from the sources"))
-        draft = self._chat("draft", base, meter, emit, stream=pipeline == "baseline", max_tokens=cfg.max_answer_tokens)
-        answer.draft = draft
-        emit(AnswerEvent("draft", draft, draft))
-        final = draft
-        if pipeline == "cove":
-            versions += ["plan", "verify", "revise"]
-            final = self._verify_and_revise(answer, base, draft, meter, emit, verify_hits)
-        answer.prompt_versions = self.prompts.versions(versions)
-        answer.generated = final
-
-        emit(AnswerEvent("check", "checking every sentence against the source it cites"))
-        t0 = time.perf_counter()
-        # CoVe's factored verification retrieved passages of its own: they may hold the answer the
-        # first retrieval missed, so they join the evidence that quotes are drawn from.
-        hits, evidence = _with_verification_evidence(hits, evidence, verify_hits)
-        self._check_and_cite(answer, final, question, evidence, hits)
-        meter.timings["check_s"] = time.perf_counter() - t0
-        emit(AnswerEvent("check", "; ".join(answer.corrections) or "every sentence is supported", answer.corrections))
-
-    def _verify_and_revise(
-        self, answer: Answer, base: list[dict], draft: str, meter: _Meter, emit, verify_hits: list[Hit]
-    ) -> str:
-        cfg = self.settings.answer
-        with_draft = base + [{"role": "assistant", "content": draft}]
-        emit(AnswerEvent("plan", "planning verification questions"))
-        plan_prompt = self.prompts["plan"].render("user", max_questions=cfg.max_questions)
-        plan = self._chat("plan", with_draft + [{"role": "user", "content": plan_prompt}], meter, emit, False, 48)
-        questions = parse_questions(plan, cfg.max_questions)
-        emit(AnswerEvent("plan", f"{len(questions)} verification questions", questions))
-
+    # --- 4. verify (chain-of-verification) ----------------------------------------------------------
+    def verify(
+        self, question: Question, draft: Draft, retrieval: Retrieval, meter: _Meter, emit: EventCallback
+    ) -> VerificationRound:
+        cfg = self.settings.answer.cove
+        emit(StageStarted(Stage.VERIFY, "planning verification questions"))
+        claims = [c.sentence for c in draft.checks]
+        questions = plan(question, claims, cfg.decompose, cfg.claims, cfg.max_questions)
+        if cfg.model_plan:
+            questions += self._model_plan(question.text, draft.text, retrieval, meter, emit, cfg.max_questions)
+        emit(PlanReady(Stage.VERIFY, f"{len(questions)} verification questions", [q.text for q in questions]))
+        pooled, results, corrections, confirmed = retrieval, [], [], []
+        found_hits: dict[int, list[Hit]] = {}
         for vq in questions:
-            verification, hits = self._verify(vq, meter, emit)
-            answer.verification.append(verification)
-            verify_hits.extend(hits)
-        if not answer.verification:
-            return draft
-        # Only the answers, as plain lines: given "Q:/A:" pairs, small models echo them back.
-        lines = "\n".join(f"- {v.answer}" for v in answer.verification if v.supported) or "- (nothing confirmed)"
-        emit(AnswerEvent("revise", "revising the draft with the verification answers"))
-        revise_prompt = self.prompts["revise"].render("user", verifications=lines)
-        revised = self._chat(
-            "revise",
-            with_draft + [{"role": "user", "content": revise_prompt}],
-            meter,
-            emit,
-            stream=True,
-            max_tokens=cfg.max_answer_tokens,
-        )
-        emit(AnswerEvent("revise", revised, revised))
-        return revised or draft
-
-    def _verify(self, question: str, meter: _Meter, emit) -> tuple[Verification, list[Hit]]:
-        """One factored verification: fresh retrieval, the question alone, no draft in context."""
-        cfg = self.settings.answer
-        t0 = time.perf_counter()
-        hits = self.retriever.search(question, k=cfg.verify_sources).hits
-        meter.timings["verify_s"] += time.perf_counter() - t0
-        evidence_text = "\n".join(excerpt(h.text, question, cfg.verify_chars) for h in hits)
-        messages = [
-            {"role": "system", "content": self.prompts["verify"].render("system", evidence=evidence_text)},
-            {"role": "user", "content": self.prompts["verify"].render("user", question=question)},
-        ]
-        reply = self._chat("verify", messages, meter, emit, False, 40)
-        # Supported = says something, and its numbers and names are in the evidence it was given.
-        said = reply and "not stated" not in reply.lower()
-        problems = checks.support_problems(reply, Evidence(0, evidence_text), min_term_share=0.0) if said else ["-"]
-        verification = Verification(
-            question,
-            reply,
-            bool(said and not problems),
-            [{"source": h.source, "doc_id": h.doc_id, "page": h.page} for h in hits],
-        )
-        emit(AnswerEvent("verify", question, verification))
-        return verification, hits
-
-    # --- checks and citations --------------------------------------------------------------------------
-    def _check_and_cite(self, answer: Answer, text: str, question: str, evidence: dict[int, Evidence], hits) -> None:
-        cfg = self.settings.answer
-        sentences = [s for s in checks.split_sentences(text) if checks.strip_citations(s)]
-        vectors = self.retriever.embedder.embed([checks.strip_citations(s) for s in sentences]) if sentences else []
-        kept: list[tuple[str, int]] = []  # (sentence text without citations, source number)
-        for sentence, vector in zip(sentences, vectors, strict=True):
-            result = checks.check_sentence(sentence, evidence, vector, cfg.support_similarity)
-            if result.supported:
-                kept.append((checks.strip_citations(sentence), result.supported_by))
-                continue
-            fixed = self._correct(sentence, result, evidence)
-            shown = checks.strip_citations(sentence)
-            if fixed:
-                kept.append(fixed)
-                answer.corrections.append(f"corrected \u201c{shown}\u201d ({'; '.join(result.reasons)})")
+            t0 = time.perf_counter()
+            hits = self.retriever.search(vq.text, k=cfg.sources).hits
+            meter.timed(Stage.VERIFY, t0)
+            if cfg.pool_evidence or vq.kind == PART:
+                pooled = pooled.with_hits(hits, self.evidence)
+            found_hits[id(vq)] = hits
+            if vq.kind == CLAIM:
+                result, check = self._verify_claim(vq, hits, pooled)
+                if check is not None:
+                    confirmed.append(check)
+                if result.status == CONTRADICTED:
+                    corrections.append(_contradiction(result, pooled))
             else:
-                answer.corrections.append(f"removed \u201c{shown}\u201d ({'; '.join(result.reasons)})")
+                result = Verification(vq.text, vq.kind, NOT_FOUND)
+            results.append(result)
+        parts = None
+        if cfg.decompose and question.multi_part:
+            parts = self._verify_parts(question, questions, results, found_hits, pooled, retrieval, meter, emit)
+        for result in results:
+            emit(Verified(Stage.VERIFY, f"{result.status}: {result.question}", result.question, result.kind,
+                          result.status, result.answer, _source_json(pooled, result.source)))  # fmt: skip
+        return VerificationRound(questions, results, parts, confirmed, corrections, pooled)
 
-        if kept and checks.wants_number(question) and not any(checks.states_number_about(s, question) for s, _ in kept):
-            # "How many ...?" answered without a supported number is no answer: quote the evidence.
-            answer.corrections.append("the answer gave no supported number: quoting the evidence instead")
-            kept = []
-        # The sources' own words lead: a 135M model's sentence can pass every check and still miss
-        # the point, while the best-matching source sentence usually states it. Checked generated
-        # sentences follow when they add something the quotes do not say.
-        picked = checks.extractive_answer(question, list(evidence.values()), self.retriever.embedder.embed)
-        quotes = [(checks.quote(s, n).rsplit(" [", 1)[0], n) for s, n in picked] if picked else []
-        if quotes and not self._relevant(question, picked):
-            quotes = []
-        # With quotes, a generated sentence stays only if a quoted source backs it: a sentence
-        # "supported" by some other passage is one more citation to check, for little gain.
-        quoted_sources = {n for _, n in quotes}
-        added = [
-            (s, n) for s, n in kept if (not quotes or n in quoted_sources) and not _repeats(s, [q for q, _ in quotes])
-        ][: cfg.max_generated_sentences]
-        if not quotes and not added:
-            self._refuse(answer, hits, "no supported answer in the retrieved passages")
+    def _verify_claim(self, vq: VerificationQuestion, hits: list[Hit], pooled: Retrieval):
+        """A draft claim against the passages its own search found: confirmed, contradicted or not."""
+        evidence = [pooled.evidence[n] for n in (pooled.number_of(h.id) for h in hits) if n is not None]
+        vector = self.retriever.embedder.embed([vq.claim])[0]
+        status, n, sentence = judge_claim(vq.claim, evidence, vector, self.settings.answer.support_similarity)
+        result = Verification(vq.text, CLAIM, status, sentence, n, claim=vq.claim, sources=_sources_json(hits))
+        check = None
+        if status == CONFIRMED:
+            check = SentenceCheck(vq.claim, [n], True, supported_by=n)
+        return result, check
+
+    def _verify_parts(self, question, questions, results, found_hits, pooled, first, meter, emit) -> list[PartAnswer]:
+        """Each part answered from its own evidence (pooled with the first retrieval's if asked)."""
+        cfg = self.settings.answer.cove
+        answers: list[PartAnswer] = []
+        for index, part in enumerate(question.parts):
+            vq_index = next((i for i, q in enumerate(questions) if q.kind == PART and q.part == index), None)
+            own = found_hits.get(id(questions[vq_index]), []) if vq_index is not None else []
+            if cfg.pool_evidence:
+                pool = self._pool(pooled)
+            else:
+                numbers = {pooled.number_of(h.id) for h in own} | set(first.evidence)
+                pool = self._pool(pooled, {n for n in numbers if n is not None})
+            sub = part_question(question, index)
+            answer = best_for_part(part, sub, pool, self.scorer, self.compose_settings.threshold)
+            if answer.found and cfg.model_answers and not _held_by(first, answer):
+                answer = self._model_part_answer(answer, pooled, meter, emit)
+            answers.append(answer)
+            if vq_index is not None:
+                result = results[vq_index]
+                result.status = ANSWERED if answer.found else NOT_FOUND
+                result.answer = answer.best.candidate.text if answer.found else answer.why_not
+                result.source = answer.best.candidate.n if answer.found else None
+                result.sources = _sources_json(own)
+        return answers
+
+    def _model_part_answer(self, answer: PartAnswer, pooled: Retrieval, meter: _Meter, emit) -> PartAnswer:
+        """Ask the model the part's question from the evidence sentence's passage; keep its reply as
+        the part's checked model sentence only if the checks support it against that sentence."""
+        prompt = self.prompts["verify"]
+        evidence = pooled.evidence[answer.best.candidate.n]
+        text = excerpt(evidence.text, answer.part.text, self.settings.answer.cove.evidence_chars)
+        messages = [
+            {"role": "system", "content": prompt.render("system", evidence=text)},
+            {"role": "user", "content": prompt.render("user", question=answer.part.text)},
+        ]
+        reply = self._chat(Stage.VERIFY, messages, meter, emit, stream=False, max_tokens=40)
+        if model_reply_holds(reply, answer.best.candidate.text, evidence, prompt.marker("not_stated")):
+            answer.model_reply = reply
+        return answer
+
+    def _model_plan(self, question, draft, retrieval, meter, emit, limit) -> list[VerificationQuestion]:
+        prompt = self.prompts["plan"]
+        messages = [
+            {
+                "role": "system",
+                "content": self.prompts["answer"].render("system", sources=self._sources_block(retrieval)),
+            },
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": draft},
+            {"role": "user", "content": prompt.render("user", max_questions=limit)},
+        ]
+        reply = self._chat(Stage.VERIFY, messages, meter, emit, stream=False, max_tokens=48)
+        return [VerificationQuestion(q, MODEL) for q in parse_model_plan(reply, question, limit)]
+
+    def revise(self, question, draft: Draft, verification: VerificationRound, meter, emit):
+        """CoVe's final answer, composed from verified facts: each part's answer from its own
+        evidence, the draft claims that independent evidence confirmed, contradictions corrected."""
+        t0 = time.perf_counter()
+        pooled = verification.pooled
+        pool = self._pool(pooled)
+        checked = list(verification.confirmed)
+        if verification.parts is not None:
+            for answer in verification.parts:  # the model's checked reply to a part, where it gave one
+                if answer.model_reply:
+                    n = answer.best.candidate.n
+                    checked.append(SentenceCheck(answer.model_reply, [n], True, supported_by=n))
+        if not self.settings.answer.cove.claims:  # the draft is then checked as single-shot checks it
+            checked += draft.checks
+        composition = compose(question, pool, self.scorer, checked, self.compose_settings, verification.parts)
+        composition.corrections = verification.corrections + _dropped_claims(verification) + composition.corrections
+        for fix in verification.corrections:  # the verifying quote answers in place of the wrong claim
+            if fix.source is not None and not any(s.source == fix.source for s in composition.sentences):
+                composition.sentences.insert(0, _quote_sentence(fix))
+        meter.timed(Stage.COMPOSE, t0)
+        emit(Composed(Stage.COMPOSE, composition.mode.value, composition.text(), composition.mode.value,
+                      [str(c) for c in composition.corrections]))  # fmt: skip
+        return composition, pooled
+
+    # --- 5. compose -----------------------------------------------------------------------------------
+    def compose(self, question: Question, draft: Draft, retrieval: Retrieval, meter, emit) -> Composition:
+        t0 = time.perf_counter()
+        composition = compose(question, self._pool(retrieval), self.scorer, draft.checks, self.compose_settings)
+        meter.timed(Stage.COMPOSE, t0)
+        emit(Composed(Stage.COMPOSE, composition.mode.value, composition.text(), composition.mode.value,
+                      [str(c) for c in composition.corrections]))  # fmt: skip
+        return composition
+
+    def _pool(self, retrieval: Retrieval, only: set[int] | None = None) -> Pool:
+        evidence = retrieval.evidence if only is None else {n: e for n, e in retrieval.evidence.items() if n in only}
+        return Pool.build(evidence, self.settings.quotes.max_pair_chars)
+
+    # --- the answer JSON -----------------------------------------------------------------------------
+    def _fill(self, answer: Answer, composition: Composition, final: Retrieval, first: Retrieval) -> None:
+        answer.mode = composition.mode.value
+        answer.refused = composition.mode.value == "refused"
+        answer.corrections = [c.to_json() for c in composition.corrections]
+        answer.parts = [p.to_json() for p in composition.parts]
+        if answer.refused:
+            closest = ", ".join(f"{h.title or h.source} p.{h.page}" for h in first.hits[:3])
+            answer.answer = REFUSAL + (f" Closest sources: {closest}." if closest else "")
             return
-        answer.mode = "quoted" if quotes and added else "extractive" if quotes else "generated"
-        if quotes and not added:
-            answer.corrections.append("no generated sentence added to the quoted passages")
-        final = quotes + added
-        answer.answer = " ".join(_with_citation(s, n) for s, n in final)
-        answer.citations = self._citations(final, evidence, hits)
+        answer.answer = composition.text()
+        answer.citations = self._citations(composition, final)
 
-    def _correct(self, sentence: str, result: checks.SentenceCheck, evidence: dict[int, Evidence]):
-        """Replace an unsupported sentence by the source sentence that best matches it, quoted; or None."""
-        terms = checks.key_terms(sentence) | {checks._stem(e) for e in checks.entities(sentence)}
-        cited = [evidence[n] for n in result.cited if n in evidence] or list(evidence.values())
-        # A number the checks found unsupported is likely invented: match the quote on the terms only,
-        # or "2 heads" would be "corrected" to a sentence about "two sub-layers".
-        wrong_number = any(reason.startswith("number") for reason in result.reasons)
-        best = checks.best_evidence_sentence(terms, set() if wrong_number else checks.numbers(sentence), cited)
-        if best is None or best[2] < 0.5:
-            return None
-        return checks.quote(best[0], best[1]).rsplit(" [", 1)[0], best[1]
+    def _citations(self, composition: Composition, retrieval: Retrieval) -> list[Citation]:
+        from cove.checks import best_matching_sentence
 
-    def _relevant(self, question: str, picked: list[tuple[str, int]]) -> bool:
-        """Quotes answer the question only if they share its terms (and give a number when asked for one)."""
-        terms = checks.key_terms(question)
-        if terms and not any(terms & checks.key_terms(s) for s, _ in picked):
-            return False
-        return not checks.wants_number(question) or any(checks.states_number_about(s, question) for s, _ in picked)
-
-    def _citations(self, kept: list[tuple[str, int]], evidence: dict[int, Evidence], hits: list[Hit]):
         out: list[Citation] = []
-        for sentence, n in kept:
-            if any(c.n == n for c in out):
+        for sentence, n in composition.cited:
+            if any(c.n == n for c in out) or n not in retrieval.evidence:
                 continue
-            hit = hits[n - 1]
-            best = checks.best_evidence_sentence(checks.key_terms(sentence), checks.numbers(sentence), [evidence[n]])
-            quote_text = best[0] if best else checks.evidence_sentences(evidence[n])[:1] or [hit.text[:200]]
-            quote_text = quote_text if isinstance(quote_text, str) else quote_text[0]
+            hit = retrieval.hits[n - 1]
+            quoted = next((s for s in composition.sentences if s.source == n and s.quoted), None)
+            if quoted is not None:
+                quote_text = quoted.text
+            else:
+                best = best_matching_sentence(sentence, [retrieval.evidence[n]])
+                quote_text = best[0] if best else tx.shorten(tx.squash(hit.text), 200)
             out.append(
-                Citation(
-                    n=n,
-                    title=hit.title,
-                    source=hit.source,
-                    doc_id=hit.doc_id,
-                    page=hit.page,
-                    quote=_shorten(quote_text, 240),
-                    url=citation_url(hit.metadata),
-                    chunk_id=hit.id,
-                )
-            )
+                Citation(n=n, title=hit.title, source=hit.source, doc_id=hit.doc_id, page=hit.page,
+                         quote=tx.shorten(quote_text, 400), url=citation_url(hit.metadata), chunk_id=hit.id)
+            )  # fmt: skip
         return out
 
 
-def _with_verification_evidence(hits: list[Hit], evidence: dict[int, Evidence], extra: list[Hit]):
-    """The answer's sources plus new passages found by verification (numbered after them)."""
-    seen = {h.id for h in hits}
-    hits, evidence = list(hits), dict(evidence)
-    for hit in extra:
-        if hit.id in seen or hit.vector is None:
-            continue
-        seen.add(hit.id)
-        hits.append(hit)
-        n = len(hits)
-        evidence[n] = Evidence(n, hit.text, _header(hit), np.asarray(hit.vector, dtype=np.float32))
-    return hits, evidence
+# --- helpers -------------------------------------------------------------------------------------------
 
 
-def _repeats(sentence: str, quotes: list[str]) -> bool:
-    """Does a generated sentence only restate a quote (its terms and numbers are all there)?"""
-    terms, nums = checks.key_terms(sentence), checks.numbers(sentence)
-    for quoted in quotes:
-        q_terms = checks.key_terms(quoted)
-        if nums <= checks.numbers(quoted) and (not terms or len(terms & q_terms) / len(terms) >= 0.6):
-            return True
-    return False
+def _refusal(reason: str) -> Composition:
+    from cove.compose import Mode
+
+    return Composition(Mode.REFUSED, corrections=[Correction(Change.REFUSED, reason=reason)])
 
 
-def _header(hit: Hit) -> str:
-    """Title, section and file name: a passage may be cited for the paper it is in (e.g. 'GPT-1')."""
-    from cove.lexical import lexical_text
-
-    return lexical_text("", hit.metadata).strip()
-
-
-def _with_citation(sentence: str, n: int) -> str:
-    sentence = sentence.rstrip()
-    end = sentence[-1] if sentence and sentence[-1] in ".!?" else "."
-    body = sentence[:-1] if sentence and sentence[-1] in ".!?" else sentence
-    return f"{body} [{n}]{end}"
+def _retrieved_json(hits: list[Hit]) -> list[dict]:
+    return [
+        {"source": h.source, "doc_id": h.doc_id, "page": h.page, "score": round(h.cosine, 4), "title": h.title,
+         "chunk_id": h.id}
+        for h in hits
+    ]  # fmt: skip
 
 
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "\u2026"
+def _sources_json(hits: list[Hit]) -> list[dict]:
+    return [{"title": h.title, "source": h.source, "doc_id": h.doc_id, "page": h.page} for h in hits]
+
+
+def _source_json(retrieval: Retrieval, n: int | None) -> dict | None:
+    if n is None or n > len(retrieval.hits):
+        return None
+    hit = retrieval.hits[n - 1]
+    return {"n": n, "title": hit.title or hit.source, "page": hit.page}
+
+
+def _held_by(first: Retrieval, answer: PartAnswer) -> bool:
+    """Was the part's evidence already among the first retrieval's sources?"""
+    return answer.best is not None and answer.best.candidate.n in first.evidence
+
+
+def _contradiction(result: Verification, pooled: Retrieval) -> Correction:
+    page = pooled.hits[result.source - 1].page if result.source else None
+    return Correction(Change.CONTRADICTED, result.claim, result.answer, "independent evidence states otherwise",
+                      result.source, page)  # fmt: skip
+
+
+def _dropped_claims(verification: VerificationRound) -> list[Correction]:
+    return [
+        Correction(Change.REMOVED, r.claim, reason="no independent evidence confirms it")
+        for r in verification.results
+        if r.kind == CLAIM and r.status not in (CONFIRMED, CONTRADICTED)
+    ]
+
+
+def _quote_sentence(fix: Correction):
+    from cove.compose import Sentence
+
+    return Sentence(fix.replacement, fix.source, quoted=True)
 
 
 def _history_text(history: list[dict[str, str]] | None, turns: int = 4) -> str:
@@ -502,3 +653,6 @@ def _history_text(history: list[dict[str, str]] | None, turns: int = 4) -> str:
         f"{t['role'].capitalize()}: {re.sub(chr(10), ' ', t['content'])[:300]}" for t in recent if t.get("content")
     ]
     return "Conversation so far:\n" + "\n".join(lines) + "\n\n" if lines else ""
+
+
+__all__ = ["AnswerEngine", "Answer", "AnswerEvent", "Citation", "REFUSAL"]

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS documents (
     kind TEXT NOT NULL DEFAULT '',
     title TEXT NOT NULL DEFAULT '',
     authors TEXT NOT NULL DEFAULT '[]',
+    aliases TEXT NOT NULL DEFAULT '[]',
     year TEXT NOT NULL DEFAULT '',
     version TEXT NOT NULL DEFAULT '',
     url TEXT NOT NULL DEFAULT '',
@@ -56,6 +57,7 @@ class DocumentRecord:
     kind: str = ""
     title: str = ""
     authors: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # names it is called by ("the Transformer", "GPT-1")
     year: str = ""
     version: str = ""
     url: str = ""
@@ -75,6 +77,9 @@ class DocumentRecord:
 
 
 _COLUMNS = [f.name for f in fields(DocumentRecord)]
+_JSON_COLUMNS = ("authors", "aliases")
+# Columns added after the first release: older catalogs get them on open.
+_ADDED_COLUMNS = {"aliases": "TEXT NOT NULL DEFAULT '[]'"}
 
 
 def open_sqlite(path: Path, schema: str) -> sqlite3.Connection:
@@ -95,6 +100,10 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = open_sqlite(path, SCHEMA)
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(documents)")}
+        for column, declaration in _ADDED_COLUMNS.items():
+            if column not in present:
+                self.db.execute(f"ALTER TABLE documents ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self.db.close()
@@ -121,7 +130,8 @@ class Catalog:
     def upsert(self, record: DocumentRecord) -> None:
         record.updated_at = time.time()
         values = record.to_dict()
-        values["authors"] = json.dumps(values["authors"])
+        for column in _JSON_COLUMNS:
+            values[column] = json.dumps(values[column])
         placeholders = ", ".join(f":{c}" for c in _COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "doc_id")
         self.db.execute(
@@ -147,5 +157,6 @@ class Catalog:
 
 def _record(row: tuple) -> DocumentRecord:
     values = dict(zip(_COLUMNS, row, strict=True))
-    values["authors"] = json.loads(values["authors"] or "[]")
+    for column in _JSON_COLUMNS:
+        values[column] = json.loads(values[column] or "[]")
     return DocumentRecord(**values)

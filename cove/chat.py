@@ -19,14 +19,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cove.answer import AnswerEngine, EventCallback
+from cove.answer import AnswerEngine
 from cove.catalog import STATUS_FAILED, STATUS_OK, DocumentRecord
 from cove.conversations import ConversationStore, Message
+from cove.events import EventCallback
 from cove.llm import ModelError
 from cove.settings import CoveSettings, with_overrides
 from cove.store import StoreUnavailable
@@ -101,14 +100,6 @@ class ChatService:
             documents = library_documents(with_overrides(self.settings, {"store": {"chroma_url": ""}}))
         return LibraryStatus(sorted(documents, key=lambda d: (d.status != STATUS_OK, d.title or d.source)))
 
-    def document_file(self, doc_id: str) -> tuple[Path, DocumentRecord] | None:
-        """The indexed copy of a document (what citation links open), or None."""
-        from ingest.pipeline import document_file
-
-        record = next((d for d in self.library().documents if d.doc_id == doc_id), None)
-        path = document_file(record, self.settings) if record else None
-        return (path, record) if path else None
-
     def retriever(self):
         """The shared retriever; built on first use (loading the embedding model takes seconds)."""
         from cove.retrieve import Retriever
@@ -139,15 +130,3 @@ class ChatService:
             log.warning("answering %r failed", question, exc_info=True)
             return self.conversations.add_error(conversation_id, friendly_error(err))
         return self.conversations.add_answer(conversation_id, answer)
-
-    # --- adding papers -------------------------------------------------------------------------------
-    def add_papers(
-        self,
-        sources: list,
-        bad_inputs: Sequence[tuple[str, str]] = (),
-        progress: Callable[[Any], None] | None = None,
-    ):
-        """Ingest `sources` (see `ingest.sources`); an `IngestReport`. Bad inputs are reported as failed."""
-        from ingest.pipeline import ingest
-
-        return ingest(sources, self.settings, progress, bad_inputs=list(bad_inputs))

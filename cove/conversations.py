@@ -197,8 +197,19 @@ def answer_note(answer: dict[str, Any]) -> str:
     if mode == "refused":
         return "Refused: the library does not cover the question."
     if mode == "extractive":
-        return f"Quoted from the sources ({pipeline}): no generated sentence passed the checks."
+        return f"Quoted from the sources ({pipeline}): the model's own sentences were not added."
     if mode == "quoted":
         return f"Quoted from the sources, with checked sentences from the model ({pipeline})."
-    corrected = sum(1 for c in answer.get("corrections", []) if c.startswith(("corrected", "removed")))
+    corrected = sum(1 for c in answer.get("corrections", []) if correction_change(c) in ("corrected", "removed"))
     return f"{pipeline.capitalize()}; {corrected} sentence(s) corrected or removed by the checks."
+
+
+def correction_text(correction: dict[str, Any] | str) -> str:
+    """A correction as a line of text (answers kept before corrections were typed hold strings)."""
+    return correction if isinstance(correction, str) else str(correction.get("text", ""))
+
+
+def correction_change(correction: dict[str, Any] | str) -> str:
+    if isinstance(correction, str):
+        return correction.split(" ", 1)[0]
+    return str(correction.get("change", ""))

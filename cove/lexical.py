@@ -15,41 +15,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from cove import text as tx
 
-def _stemmer():
-    try:
-        import Stemmer  # PyStemmer: fast Snowball stemmers ("heads" -> "head")
-
-        return Stemmer.Stemmer("english")
-    except ImportError:  # keep working, with exact-word matching only
-        return None
-
-
-_NAME_NUMBER = re.compile(r"\b([A-Za-z]+)-(\d+)\b")  # "GPT-2" -> "GPT2", the way file names spell it
-
-
-# Papers write symbols, users type their names: "β2 = 0.98" must match "beta values".
-GREEK = {
-    "α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "ϵ": "epsilon", "ζ": "zeta",
-    "η": "eta", "θ": "theta", "κ": "kappa", "λ": "lambda", "μ": "mu", "ν": "nu", "π": "pi", "ρ": "rho",
-    "σ": "sigma", "τ": "tau", "φ": "phi", "ϕ": "phi", "χ": "chi", "ψ": "psi", "ω": "omega",
-}  # fmt: skip
-_GREEK = re.compile("[" + "".join(GREEK) + "]")
-# Bump when normalize() or the tokenizer changes: stored BM25 indexes are then rebuilt.
-TOKENIZER_VERSION = 2
-
-
-def normalize(text: str) -> str:
-    """Make spellings of one name meet: 'GPT-2', 'gpt2' and 'gpt2_language_models' share 'gpt2';
-    'β1' and 'beta' share 'beta'."""
-    text = _GREEK.sub(lambda m: f" {GREEK[m.group(0)]} ", text)
-    return _NAME_NUMBER.sub(r"\1\2", text).replace("_", " ")
+# Bump when the tokenizer changes (cove.text.index_form, stop words, stemmer): stored BM25 indexes
+# are then rebuilt.
+TOKENIZER_VERSION = 3
+GREEK = tx.GREEK
+STOP_WORDS = tx.STOP_WORDS
+normalize = tx.index_form
 
 
 def lexical_text(text: str, metadata: dict) -> str:
@@ -60,28 +38,14 @@ def lexical_text(text: str, metadata: dict) -> str:
     return f"{header} {source}\n{text}"
 
 
-# bm25s's English list is Lucene's 33 words; questions also bring their own filler ("how many ...
-# does ... have"), which would otherwise match every methods section.
-STOP_WORDS = sorted(
-    {
-        *"a an and are as at be but by for if in into is it no not of on or such that the their then there these they "
-        "this to was will with".split(),
-        *"what which who whom whose why when where how many much does do did done has have had having can could "
-        "would should shall may might must am were been being its it's i me my we our you your he she his her them "
-        "than too very so also just about over under between both each any all some more most other only own same "
-        "from up down out off again further once here".split(),
-    }
-)
-
-
 def tokenize(texts: list[str], as_strings: bool = False):
     """bm25s tokens for texts or queries: normalised, lower-cased, English stop words dropped, stemmed."""
     import bm25s
 
     return bm25s.tokenize(
-        [normalize(t) for t in texts],
-        stopwords=STOP_WORDS,
-        stemmer=_stemmer(),
+        [tx.index_form(t) for t in texts],
+        stopwords=tx.STOP_WORDS,
+        stemmer=tx.stemmer(),
         show_progress=False,
         return_ids=not as_strings,
     )

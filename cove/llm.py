@@ -62,8 +62,6 @@ class ChatModel:
     ) -> Completion:
         raise NotImplementedError
 
-    def count_tokens(self, text: str) -> int:
-        return max(1, len(text) // 4)
 
 
 def resolve_model_path(model: str) -> str:
@@ -145,9 +143,6 @@ class LlamaCppModel(ChatModel):
         """The prompt text for `messages` with the model's own chat template."""
         _ = self.llm
         return self._formatter(messages=messages).prompt
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.llm.tokenize(text.encode(), add_bos=False, special=True))
 
     def _cached_prefix(self, tokens: list[int]) -> int:
         """Prompt tokens llama.cpp will not recompute: in the live context or in the state cache."""
@@ -291,13 +286,13 @@ class OpenAIChatModel(ChatModel):
         )
 
 
-_MODELS: dict[tuple, ChatModel] = {}
+_MODELS: dict[str, ChatModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
 def load_chat_model(settings: ModelSettings) -> ChatModel:
     """The configured model, shared per process (one llama.cpp context per model file)."""
-    key = (settings.backend, settings.model, settings.openai_url, settings.n_ctx)
+    key = settings.model_dump_json()  # every field: two settings that differ in any knob get two models
     with _MODELS_LOCK:
         if key not in _MODELS:
             if settings.backend == "openai":

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import string
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "prompts"
+DEFAULT_PACKAGE = "prompts"  # the templates ship as package data of the top-level `prompts` package
 
 # The variables the answer engine passes to each message part of each template.
 EXPECTED: dict[str, dict[str, set[str]]] = {
     "answer": {"system": {"sources"}, "user": {"history", "question"}},
     "plan": {"user": {"max_questions"}},
     "verify": {"system": {"evidence"}, "user": {"question"}},
-    "revise": {"user": {"verifications"}},
 }
+# Strings the engine looks for in a model's reply, declared next to the prompt that asks for them.
+MARKERS: dict[str, set[str]] = {"answer": {"not_stated"}, "verify": {"not_stated"}}
 
 
 class PromptError(ValueError):
@@ -34,16 +37,21 @@ class Prompt:
     version: int
     notes: str
     parts: dict[str, str]
+    markers: dict[str, str] = field(default_factory=dict)
 
     def render(self, part: str, **values: object) -> str:
         return self.parts[part].format(**values)
+
+    def marker(self, name: str) -> str:
+        """A reply string the engine parses (e.g. "Not stated."), as the template declares it."""
+        return self.markers[name]
 
 
 def placeholders(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def load_prompt(path: Path, expected: dict[str, set[str]]) -> Prompt:
+def load_prompt(path: Path | Traversable, expected: dict[str, set[str]], markers: set[str] = frozenset()) -> Prompt:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as err:
@@ -61,7 +69,11 @@ def load_prompt(path: Path, expected: dict[str, set[str]]) -> Prompt:
                 f"{path}: '{part}' uses variables {sorted(found)} but the engine supplies {sorted(wanted)}"
             )
         parts[part] = data[part]
-    return Prompt(str(data["id"]), int(data["version"]), str(data.get("notes", "")), parts)
+    missing = sorted(m for m in markers if not isinstance(data.get(m), str))
+    if missing:
+        raise PromptError(f"{path}: missing the reply marker(s) {', '.join(missing)} the engine parses")
+    found = {m: data[m] for m in markers}
+    return Prompt(str(data["id"]), int(data["version"]), str(data.get("notes", "")), parts, found)
 
 
 @dataclass(frozen=True)
@@ -76,11 +88,11 @@ class PromptSet:
 
 
 def load_prompts(directory: Path | None = None) -> PromptSet:
-    """All templates the engine needs, from `directory` (default: the repo's prompts/ folder)."""
-    directory = Path(directory or DEFAULT_DIR)
+    """All templates the engine needs, from `directory` (default: the templates shipped with Cove)."""
+    directory = Path(directory) if directory else resources.files(DEFAULT_PACKAGE)
     prompts = {}
     for prompt_id, expected in EXPECTED.items():
-        prompt = load_prompt(directory / f"{prompt_id}.toml", expected)
+        prompt = load_prompt(directory / f"{prompt_id}.toml", expected, MARKERS.get(prompt_id, set()))
         if prompt.id != prompt_id:
             raise PromptError(f"{directory / (prompt_id + '.toml')}: id is '{prompt.id}', expected '{prompt_id}'")
         prompts[prompt_id] = prompt

@@ -11,6 +11,14 @@ do not crowd out the second page or paper that the answer also needs.
 
 Every hit carries its cosine similarity to the query (also for BM25-only hits), which the answer
 engine uses to decide whether the library covers the question at all.
+
+A question that names a paper ("the Transformer", "GPT-1", "LoRA") also ranks that paper's chunks on
+their own, so its best pages compete with chunks that merely share common words. Papers are named by
+the name-like words of their titles and file names and by their aliases (`cove.aliases`), learned at
+ingest; a name several papers share singles out none.
+
+Each search first calls `refresh()` once, under the retriever's lock: the BM25 copy and the name
+index catch up with the store's generation (another process or instance may have ingested).
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cove import text as tx
 from cove.settings import CoveSettings
 
 _WORD = re.compile(r"[a-z0-9]+")
+MAX_NAMED_RANKINGS = 3  # a question naming more papers than this names none in particular
 
 
 @dataclass
@@ -34,10 +44,10 @@ class Hit:
     text: str
     metadata: dict[str, Any]
     cosine: float = 0.0  # dense similarity to the query
-    dense_rank: int | None = None  # 1-based rank in the dense list, if there
     lexical_rank: int | None = None  # 1-based rank in the BM25 list, if there
     fused: float = 0.0  # reciprocal-rank-fusion score
     vector: Any = field(default=None, repr=False)
+    rank: int = 0  # 1-based place in the final list
 
     @property
     def doc_id(self) -> str:
@@ -62,14 +72,11 @@ class RetrievalResult:
     hits: list[Hit]
     seconds: float
     candidates: int  # distinct chunks seen before fusion picked the top k
+    named: set[str] = field(default_factory=set)  # documents the query names
 
 
-def words(text: str) -> set[str]:
-    return set(_WORD.findall(text.lower()))
-
-
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
+words = tx.words
+jaccard = tx.jaccard
 
 
 def rrf_fuse(rankings: list[list[str]], rrf_k: int = 60, weights: list[float] | None = None) -> dict[str, float]:
@@ -116,7 +123,7 @@ def mmr_select(hits: list[Hit], k: int, lambda_: float = 0.75) -> list[Hit]:
 
 
 class Retriever:
-    """Hybrid search over the library under `settings.home`. Create once; thread-safe enough to share."""
+    """Hybrid search over the library under `settings.home`. Create once; share it between threads."""
 
     def __init__(self, settings: CoveSettings, embedder=None, store=None) -> None:
         from cove.catalog import Catalog
@@ -130,19 +137,68 @@ class Retriever:
         self._lexical = None
         # Searches take milliseconds; one at a time keeps the BM25 rebuild and name index simple to
         # share between the app's sessions (each runs in its own thread).
-        self._lock = threading.Lock()
-        self._names: tuple[str, dict[str, set[str]]] | None = None
+        self._lock = threading.RLock()
+        self._names: dict[str, set[str]] = {}
+        self._aliases: dict[str, list[str]] = {}
+        self._names_generation: str | None = None
 
     def close(self) -> None:
         self.catalog.close()
 
-    @property
-    def lexical(self):
-        """The BM25 index, rebuilt first if ingest (here or elsewhere) changed the store since."""
+    # --- keeping up with the store -------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Catch the BM25 copy and the document names up with the store's generation (cheap when
+        nothing changed: one token read)."""
         from cove.sync import sync_home
 
-        self._lexical = sync_home(self.settings, self.catalog, self.store, self._lexical)
-        return self._lexical
+        with self._lock:
+            self._lexical = sync_home(self.settings, self.catalog, self.store, self._lexical)
+            if self._names_generation != self._lexical.generation:
+                self._names, self._aliases = self._document_names()
+                self._names_generation = self._lexical.generation
+
+    def _document_names(self) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
+        """({name key: doc ids}, {doc id: aliases}) from the catalog's titles, file names and aliases.
+
+        Keys (`name_key` forms) are the name-like words of titles and file names ("lora", "gpt2"),
+        pairs of consecutive content words of titles ("key-value memories", "text degeneration") and
+        aliases ("transformer", "ioi", "gpt1"). An alias is what a paper is *called*: where it is also a
+        word of another paper's title ("GPT-2" in "... in GPT-2 small"), the alias wins."""
+        from cove.aliases import alias_keys
+
+        from_titles: dict[str, set[str]] = {}
+        from_aliases: dict[str, set[str]] = {}
+        aliases: dict[str, list[str]] = {}
+        for record in self.catalog.all():
+            if record.status != "ok":
+                continue
+            aliases[record.doc_id] = list(record.aliases)
+            source = record.source.rsplit("/", 1)[-1].rsplit(".", 1)[0].replace("_", " ")
+            for key in name_words(f"{record.title} {source}") | title_phrases(record.title):
+                from_titles.setdefault(key, set()).add(record.doc_id)
+            for key in {name_key(k) for alias in record.aliases for k in alias_keys(alias)}:
+                from_aliases.setdefault(key, set()).add(record.doc_id)
+        index = {**from_titles, **from_aliases}
+        # A name shared by many documents ("GPT-2" in half the titles) singles out nothing.
+        return {t: d for t, d in index.items() if len(d) <= 2}, aliases
+
+    def aliases(self, doc_id: str) -> list[str]:
+        """The names a document is known by (learned at ingest)."""
+        return self._aliases.get(doc_id, [])
+
+    def named_documents(self, query: str) -> set[str]:
+        """Documents the query names ("the LoRA paper", "GPT-1", "the Transformer")."""
+        with self._lock:
+            if self._names_generation is None:
+                self.refresh()
+            return match_names(query, self._names)
+
+    # --- search ------------------------------------------------------------------------------------
+    def search(self, query: str, k: int | None = None, mode: str | None = None) -> RetrievalResult:
+        """The top-k chunks for `query`. `mode`: "hybrid" (default), "dense" or "lexical"."""
+        with self._lock:
+            self.refresh()
+            return self._search(query, k, mode)
 
     def _add_missing(self, hits: dict[str, Hit], ids: list[str], query_vector) -> None:
         """Fetch chunks found by BM25 only, with their vectors, so every hit has a cosine."""
@@ -151,36 +207,6 @@ class Retriever:
         for chunk in self.store.get([i for i in ids if i not in hits], with_embeddings=True):
             vector = np.asarray(chunk.embedding, dtype=np.float32)
             hits[chunk.id] = Hit(chunk.id, chunk.text, chunk.metadata, float(vector @ query_vector), vector=vector)
-
-    def named_documents(self, query: str) -> set[str]:
-        """Documents the query names ("the LoRA paper", "GPT-1") by a name in their title or file name."""
-        from cove.lexical import tokenize
-
-        names = self._document_names()
-        found: set[str] = set()
-        for token in tokenize([query], as_strings=True)[0]:
-            found |= names.get(token, set())
-        return found
-
-    def _document_names(self) -> dict[str, set[str]]:
-        """{name token: doc ids} from names in titles and file names ("LoRA", "GPT-2", "FlashAttention")."""
-        from cove.lexical import lexical_text
-
-        generation = self.lexical.generation  # catches the catalog up with a shared store, too
-        if self._names is None or self._names[0] != generation:
-            index: dict[str, set[str]] = {}
-            for record in self.catalog.all():
-                if record.status == "ok":
-                    for token in name_tokens(lexical_text("", {"title": record.title, "source": record.source})):
-                        index.setdefault(token, set()).add(record.doc_id)
-            # A name shared by many documents ("GPT-2" in half the titles) singles out nothing.
-            self._names = (generation, {t: d for t, d in index.items() if len(d) <= 2})
-        return self._names[1]
-
-    def search(self, query: str, k: int | None = None, mode: str | None = None) -> RetrievalResult:
-        """The top-k chunks for `query`. `mode`: "hybrid" (default), "dense" or "lexical"."""
-        with self._lock:
-            return self._search(query, k, mode)
 
     def _search(self, query: str, k: int | None, mode: str | None) -> RetrievalResult:
         import numpy as np
@@ -195,13 +221,11 @@ class Retriever:
         hits: dict[str, Hit] = {}
         if mode in ("hybrid", "dense"):
             dense = self.store.query(query_vector.tolist(), cfg.candidates, with_embeddings=True)
-            for rank, chunk in enumerate(dense, start=1):
-                hits[chunk.id] = Hit(
-                    chunk.id, chunk.text, chunk.metadata, chunk.score, dense_rank=rank, vector=chunk.embedding
-                )
+            for chunk in dense:
+                hits[chunk.id] = Hit(chunk.id, chunk.text, chunk.metadata, chunk.score, vector=chunk.embedding)
             rankings.append([c.id for c in dense])
         if mode in ("hybrid", "lexical"):
-            lexical = self.lexical.search(query, cfg.candidates)
+            lexical = self._lexical.search(query, cfg.candidates)
             self._add_missing(hits, [h.id for h in lexical], query_vector)
             for rank, lex in enumerate(lexical, start=1):
                 if lex.id in hits:
@@ -210,45 +234,100 @@ class Retriever:
 
         weights = [cfg.dense_weight, cfg.lexical_weight] if mode == "hybrid" else [1.0] * len(rankings)
         named = self.named_documents(query) if mode == "hybrid" else set()
-        if named:
-            # The question names a paper ("GPT-1", "LoRA"): rank that paper's chunks on their own as
-            # well, so its best pages compete with chunks that merely share common words.
-            where = {"doc_id": {"$in": sorted(named)}} if len(named) > 1 else {"doc_id": next(iter(named))}
-            dense_named = self.store.query(query_vector.tolist(), cfg.candidates, where=where, with_embeddings=True)
-            for chunk in dense_named:
-                if chunk.id not in hits:
-                    hits[chunk.id] = Hit(chunk.id, chunk.text, chunk.metadata, chunk.score, vector=chunk.embedding)
-            lexical_named = [h.id for h in self.lexical.search(query, cfg.candidates, named)]
-            self._add_missing(hits, lexical_named, query_vector)
-            rankings += [[c.id for c in dense_named], [i for i in lexical_named if i in hits]]
-            weights += [cfg.dense_weight, cfg.lexical_weight]
+        if named and len(named) <= MAX_NAMED_RANKINGS:
+            # The question names papers ("GPT-1 and LLaMA"): rank each named paper's chunks on their
+            # own as well, so every paper it names competes with chunks that merely share words.
+            for doc_id in sorted(named):
+                dense_named = self.store.query(
+                    query_vector.tolist(), cfg.candidates, where={"doc_id": doc_id}, with_embeddings=True
+                )
+                for chunk in dense_named:
+                    if chunk.id not in hits:
+                        hits[chunk.id] = Hit(chunk.id, chunk.text, chunk.metadata, chunk.score, vector=chunk.embedding)
+                lexical_named = [h.id for h in self._lexical.search(query, cfg.candidates, {doc_id})]
+                self._add_missing(hits, lexical_named, query_vector)
+                rankings += [[c.id for c in dense_named], [i for i in lexical_named if i in hits]]
+                weights += [cfg.dense_weight, cfg.lexical_weight]
         for item, score in rrf_fuse(rankings, cfg.rrf_k, weights).items():
             hits[item].fused = score
         ranked = sorted(hits.values(), key=lambda h: h.fused, reverse=True)
         ranked = drop_near_duplicates(ranked)
         chosen = mmr_select(ranked[: cfg.candidates], k, cfg.mmr_lambda)
-        return RetrievalResult(query, chosen, time.perf_counter() - started, len(hits))
+        chosen = each_named_paper(chosen, ranked, named, k)
+        for rank, hit in enumerate(chosen, start=1):
+            hit.rank = rank
+        return RetrievalResult(query, chosen, time.perf_counter() - started, len(hits), named)
 
 
-_NAME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+def each_named_paper(chosen: list[Hit], ranked: list[Hit], named: set[str], k: int) -> list[Hit]:
+    """A question that names several papers gets a passage of each: the best-ranked passage of a
+    named paper missing from `chosen` replaces the last passage of the paper with the most of them."""
+    if len(named) < 2 or len(named) > k:
+        return chosen
+    chosen = list(chosen)
+    for doc_id in sorted(named):
+        if any(h.doc_id == doc_id for h in chosen):
+            continue
+        best = next((h for h in ranked if h.doc_id == doc_id), None)
+        if best is None:
+            continue
+        counts: dict[str, int] = {}
+        for h in chosen:
+            counts[h.doc_id] = counts.get(h.doc_id, 0) + 1
+        crowded = max(counts, key=counts.get)
+        if counts[crowded] < 2:
+            break
+        drop = max(i for i, h in enumerate(chosen) if h.doc_id == crowded)
+        chosen[drop] = best
+    return chosen
 
 
-def _is_name(word: str) -> bool:
-    if word.isupper():  # an acronym (GPT, BERT), not a shouted title (LOW-RANK ADAPTATION)
-        return 2 <= len(word) <= 5
-    return any(c.isupper() for c in word[1:]) or (any(c.isdigit() for c in word) and len(word) > 2)
+_NAME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:-\d+)?")
+_LETTER_DIGIT = re.compile(r"(?<=[a-z])[-\s](?=\d+(?![\w.]))")
 
 
-def name_tokens(text: str) -> set[str]:
-    """BM25 tokens of the name-like words in a title or file name: inner capitals (LoRA, LLaMA,
-    FlashAttention, GPT) or letters with digits (GPT-2 -> gpt2). Plain words ("Attention", "models")
-    are left out: they name no paper in particular."""
-    from cove.lexical import normalize, tokenize
+def name_key(text: str) -> str:
+    """How names are compared: folded, and 'GPT-2' / 'GPT 2' written 'gpt2' (as file names do)."""
+    return _LETTER_DIGIT.sub("", tx.fold(text))
 
-    words_ = [w for w in _NAME_LIKE.findall(normalize(text)) if _is_name(w)]
-    if not words_:
-        return set()
-    return {t for tokens in tokenize(words_, as_strings=True) for t in tokens}
+
+def name_words(text: str) -> set[str]:
+    """The name-like words of a title or file name, as name keys: inner capitals (LoRA, LLaMA,
+    FlashAttention), acronyms (GPT) or letters with digits (GPT-2 -> gpt2). Plain words
+    ("Attention", "models") are left out: they name no paper in particular."""
+    words = _NAME_LIKE.findall(text)
+    letters = [c for w in words for c in w if c.isalpha()]
+    shouted = sum(c.isupper() for c in letters) > 0.6 * max(1, len(letters))  # "LORA: LOW-RANK ADAPTATION"
+    return {name_key(w) for w in words if "-" in w or (not shouted and tx.name_like(w))}
+
+
+_TITLE_WORD = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def title_phrases(title: str) -> set[str]:
+    """Pairs of consecutive content words of a title, folded: 'Transformer Feed-Forward Layers Are
+    Key-Value Memories' -> {'transformer feed-forward', 'feed-forward layers', 'key-value memories'}."""
+    from cove.aliases import title_without_alias
+
+    found = _TITLE_WORD.findall(tx.fold(title_without_alias(title)))
+    stop = set(tx.STOP_WORDS)
+    return {f"{a} {b}" for a, b in zip(found, found[1:], strict=False) if a not in stop and b not in stop}
+
+
+def match_names(query: str, names: dict[str, set[str]]) -> set[str]:
+    """Documents whose names occur in the query. A name inside a longer matched name of another
+    document does not count ("transformer" inside "transformer feed-forward layers")."""
+    folded = name_key(query)
+    spans: list[tuple[int, int, set[str]]] = []
+    for key, docs in names.items():
+        for match in re.finditer(rf"(?<![\w-]){re.escape(key)}s?(?![\w-])", folded):
+            spans.append((match.start(), match.end(), docs))
+    found: set[str] = set()
+    for start, end, docs in spans:
+        inside_longer = any(s <= start and end <= e and (e - s) > (end - start) and d != docs for s, e, d in spans)
+        if not inside_longer:
+            found |= docs
+    return found
 
 
 # --- follow-up questions --------------------------------------------------------------------------

@@ -50,7 +50,6 @@ class FetchSettings(BaseModel):
         "one is re-validated with a conditional request (ETag / Last-Modified).",
     )
     arxiv_pdf_base: str = Field("https://arxiv.org/pdf/", description="Where arXiv PDFs are fetched from.")
-    arxiv_abs_base: str = Field("https://arxiv.org/abs/", description="arXiv abstract page base, for links.")
     arxiv_api_url: str = Field(
         "https://export.arxiv.org/api/query", description="arXiv metadata API (Atom); title, authors, year."
     )
@@ -146,26 +145,52 @@ class ModelSettings(BaseModel):
     )
 
 
+class CoveStepSettings(BaseModel):
+    """The parts of chain-of-verification, each switchable (all off = the single-shot pipeline)."""
+
+    decompose: bool = Field(
+        True, description="Ask one verification question per part of the question (each fact, each named paper)."
+    )
+    claims: bool = Field(True, description="Ask one verification question per claim of the draft (numbers, names).")
+    pool_evidence: bool = Field(
+        True, description="Passages found by verification questions also count for the other parts of the answer."
+    )
+    model_answers: bool = Field(
+        True,
+        description="Let the model answer a verification question from its evidence (kept only when the checks "
+        "support the reply against the best source sentence); skipped where the first retrieval already held it.",
+    )
+    model_plan: bool = Field(
+        False, description="Also ask the model for verification questions (kept when they pass a relevance filter)."
+    )
+    max_questions: int = Field(4, ge=0, le=12, description="Verification questions asked per answer, at most.")
+    sources: int = Field(3, ge=1, le=20, description="Passages retrieved for each verification question.")
+    evidence_chars: int = Field(400, ge=100, description="Characters of evidence the model reads per verification.")
+
+
 class AnswerSettings(BaseModel):
     """How questions are answered and checked."""
 
     pipeline: Literal["cove", "baseline"] = Field(
         "cove",
-        description="'cove' = draft, plan, verify (factored), revise; 'baseline' = one retrieval-augmented answer.",
+        description="'cove' = draft, verify each part and claim from its own evidence, compose from verified facts; "
+        "'baseline' = one retrieval-augmented answer, checked.",
     )
     prompts_dir: Path | None = Field(
-        None, description="Folder of prompt templates (*.toml); unset = the prompts/ folder shipped with Cove."
+        None, description="Folder of prompt templates (*.toml); unset = the templates shipped with Cove."
     )
     source_chars: int = Field(
         700, ge=100, description="Characters of each retrieved chunk shown to the model (the most relevant part)."
     )
-    max_answer_tokens: int = Field(160, ge=16, description="Longest draft or final answer, in tokens.")
+    max_answer_tokens: int = Field(160, ge=16, description="Longest draft, in tokens.")
     max_generated_sentences: int = Field(
         2, ge=0, description="Checked model sentences kept after the quoted source sentences (0: quotes only)."
     )
-    max_questions: int = Field(2, ge=0, le=10, description="Verification questions asked about a draft.")
-    verify_sources: int = Field(2, ge=1, description="Chunks retrieved to answer each verification question.")
-    verify_chars: int = Field(400, ge=100, description="Characters of evidence per verification source.")
+    generated_lead: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="When the model's checked sentences lead the answer: 'auto' when they cover every part of the "
+        "question (a capable model), 'always', or 'never' (quotes always lead).",
+    )
     min_relevance: float = Field(
         0.34,
         description="Refuse when the best retrieved chunk's cosine similarity to the question is below this "
@@ -174,6 +199,28 @@ class AnswerSettings(BaseModel):
     support_similarity: float = Field(
         0.45, description="Least cosine similarity between a sentence and the chunk it cites to count as supported."
     )
+    cove: CoveStepSettings = Field(default_factory=CoveStepSettings, description="Chain-of-verification steps.")
+
+
+def _fitted_weights() -> dict[str, float]:
+    from cove.quotes import default_weights
+
+    return default_weights()
+
+
+class QuoteSettings(BaseModel):
+    """How the sentence that answers each part of a question is chosen (`cove.quotes`)."""
+
+    weights: dict[str, float] = Field(
+        default_factory=_fitted_weights,
+        description="Weight of each named quote feature (see cove/quotes.py FEATURES); the default is fitted on "
+        "the dev set's tuning items by evals/fit_quotes.py and shipped in cove/quote_weights.json.",
+    )
+    threshold: float | None = Field(
+        None, description="Score below which a part counts as not answered; unset = the fitted threshold."
+    )
+    prefilter: int = Field(24, ge=1, description="Candidates per part that get the (costly) MiniLM similarity.")
+    max_pair_chars: int = Field(600, ge=100, description="Longest two-sentence quote, in characters.")
 
 
 class StoreSettings(BaseModel):
@@ -222,6 +269,7 @@ class CoveSettings(BaseSettings):
     retrieve: RetrieveSettings = Field(default_factory=RetrieveSettings, description="Retrieval.")
     model: ModelSettings = Field(default_factory=ModelSettings, description="The chat model.")
     answer: AnswerSettings = Field(default_factory=AnswerSettings, description="Answering and checking.")
+    quotes: QuoteSettings = Field(default_factory=QuoteSettings, description="Choosing quoted sentences.")
     app: AppSettings = Field(default_factory=AppSettings, description="The web chat app.")
 
     # --- derived paths: everything lives under `home` -------------------------------------------

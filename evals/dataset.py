@@ -139,6 +139,24 @@ def load_dataset(path: str | Path) -> list[EvalItem]:
     return items
 
 
+def select_items(
+    items: list[EvalItem], ids: str | None, split: str, limit: int | None, heldout: set[str]
+) -> list[EvalItem]:
+    """The items an evaluation runs: by id (comma-separated), by split (all | tuning | heldout), the
+    first `limit`. Raises ValueError for an unknown split or id."""
+    if split not in ("all", "tuning", "heldout"):
+        raise ValueError("--split must be all, tuning or heldout")
+    if ids:
+        wanted = {i.strip() for i in ids.split(",") if i.strip()}
+        unknown = wanted - {i.id for i in items}
+        if unknown:
+            raise ValueError(f"no items with ids {', '.join(sorted(unknown))}")
+        items = [i for i in items if i.id in wanted]
+    if split != "all":
+        items = [i for i in items if (i.id in heldout) == (split == "heldout")]
+    return items[:limit] if limit else items
+
+
 def heldout_ids(dataset_path: str | Path) -> set[str]:
     """Ids held out of tuning, from ``<dataset>.heldout.txt`` next to the dataset (one id per line)."""
     path = Path(dataset_path)

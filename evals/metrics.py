@@ -16,24 +16,13 @@ chunks it retrieved and cited, so a score never depends on the model grading its
 from __future__ import annotations
 
 import re
-import unicodedata
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from cove import checks
+from cove import text as tx
 from evals.dataset import EvalItem
-from ingest.clean import fix_ligatures
-
-# Targets for the bundled model on the dev set (issue 5). Keys are summary metrics.
-TARGETS: dict[str, float] = {
-    "correctness": 0.75,
-    "refusal_accuracy": 0.90,
-    "citation_precision": 0.90,
-    "recall_at_k": 0.90,
-    "grounded_numbers": 0.98,
-}
 
 _ARXIV_ID = re.compile(r"(\d{4}\.\d{4,5})(v\d+)?")
 
@@ -48,15 +37,10 @@ def source_key(source: str) -> str:
     return name.rsplit(".", 1)[0].lower() if "." in name else name.lower()
 
 
-_LINE_BREAK_HYPHEN = re.compile(r"(?<=[a-z])- (?=[a-z])")
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
 def normalize(text: str) -> str:
     """For substring matching: ligatures, compatibility forms, control characters and line-break
     hyphens ("probabil- ity", as pypdf gives them) undone; case and whitespace ignored."""
-    text = unicodedata.normalize("NFKC", fix_ligatures(_CONTROL.sub("", text)))
-    return _LINE_BREAK_HYPHEN.sub("", " ".join(text.lower().split()))
+    return tx.match_form(text)
 
 
 def _gold_keys(item: EvalItem) -> set[tuple[str, int]]:
@@ -75,7 +59,7 @@ def missing_groups(answer_text: str, must_include: list[list[str]]) -> list[list
 
 def answer_numbers(answer_text: str) -> set[str]:
     """The numbers an answer states (citation markers like [2] are not claims)."""
-    return checks.numbers(checks.strip_citations(answer_text))
+    return tx.numbers(tx.strip_citations(answer_text))
 
 
 def item_metrics(item: EvalItem, answer: dict[str, Any], chunk_texts: dict[str, str], k: int) -> dict[str, Any]:
@@ -114,7 +98,7 @@ def item_metrics(item: EvalItem, answer: dict[str, Any], chunk_texts: dict[str, 
     stated = answer_numbers(text) if not refused else set()
     in_cited = set()
     for citation in cited:
-        in_cited |= checks.numbers(chunk_texts.get(citation.get("chunk_id", ""), ""))
+        in_cited |= tx.numbers(chunk_texts.get(citation.get("chunk_id", ""), ""))
     row["numbers"] = len(stated)
     row["numbers_grounded"] = len(stated & in_cited)
     row["ungrounded"] = sorted(stated - in_cited)
@@ -126,7 +110,7 @@ def item_metrics(item: EvalItem, answer: dict[str, Any], chunk_texts: dict[str, 
     model_stated = answer_numbers(model_text)
     in_retrieved = set()
     for entry in answer.get("retrieved", []):
-        in_retrieved |= checks.numbers(chunk_texts.get(entry.get("chunk_id", ""), ""))
+        in_retrieved |= tx.numbers(chunk_texts.get(entry.get("chunk_id", ""), ""))
     row["model_numbers"] = len(model_stated)
     row["model_numbers_grounded"] = len(model_stated & in_retrieved)
 
@@ -175,13 +159,3 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "decode_tokens_mean": round(float(np.mean([r["decode_tokens"] for r in rows])), 1),
         "extractive_share": _mean([r["mode"] == "extractive" for r in rows]),
     }
-
-
-def target_gaps(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each target with the measured value and by how much it is missed (0 when met)."""
-    gaps = {}
-    for metric, target in TARGETS.items():
-        value = summary.get(metric)
-        missed = None if value is None else round(max(0.0, target - value), 4)
-        gaps[metric] = {"target": target, "value": value, "met": value is not None and value >= target, "gap": missed}
-    return gaps

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from evals.dataset import ITEM_TYPES
-from evals.metrics import TARGETS, summarize, target_gaps
+from evals.metrics import summarize
+from evals.targets import TARGETS, judge, scored
 
 SHOWN = (  # (summary key, column title) for the tables
     ("n", "n"),
@@ -41,13 +42,12 @@ PLOTTED = (
 )
 
 
-def _scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**r["metrics"], "type": r["type"]} for r in rows if "metrics" in r]
+_scored = scored  # an error counts as a failure everywhere in the report
 
 
 def build_summary(rows: list[dict[str, Any]], variants: list[str], heldout: set[str], meta: dict) -> dict:
     """Everything report.md shows, as data: per variant overall, per type, per split, and targets."""
-    summary: dict[str, Any] = {"meta": meta, "targets": TARGETS, "variants": {}}
+    summary: dict[str, Any] = {"meta": meta, "variants": {}}
     for name in variants:
         mine = [r for r in rows if r["variant"] == name]
         overall = summarize(_scored(mine))
@@ -55,14 +55,18 @@ def build_summary(rows: list[dict[str, Any]], variants: list[str], heldout: set[
             "pipeline": next((r.get("pipeline") for r in mine), name),
             "overall": overall,
             "errors": sum("error" in r for r in mine),
-            "targets": target_gaps(overall),
             "by_type": {t: summarize(_scored([r for r in mine if r["type"] == t])) for t in ITEM_TYPES},
             "by_split": {
                 "tuning": summarize(_scored([r for r in mine if r["item_id"] not in heldout])),
                 "heldout": summarize(_scored([r for r in mine if r["item_id"] in heldout])),
             },
+            "heldout_by_type": {
+                t: summarize(_scored([r for r in mine if r["type"] == t and r["item_id"] in heldout]))
+                for t in ITEM_TYPES
+            },
         }
     summary["cove_vs_baseline"] = _cove_vs_baseline(summary["variants"])
+    summary["targets"] = judge(rows, heldout)
     return summary
 
 
@@ -106,12 +110,12 @@ def _table(header: list[str], lines: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def _target_text(gap: dict[str, Any]) -> str:
-    if gap["value"] is None:
-        return "n/a"
-    if gap["met"]:
-        return f"{gap['value']:.2f} met"
-    return f"{gap['value']:.2f} **missed by {gap['gap']:.2f}**"
+def _target_text(target: dict[str, Any]) -> str:
+    if target["value"] is None:
+        return "not measured (**missed**)"
+    if target["met"]:
+        return "met"
+    return f"**missed by {target['gap']:.2f}**"
 
 
 def render_report(summary: dict, rows: list[dict[str, Any]], plots: list[str], worst: int = 8) -> str:
@@ -126,12 +130,13 @@ def render_report(summary: dict, rows: list[dict[str, Any]], plots: list[str], w
         f"- Answers produced in this run: {meta['answered']} ({meta['errors']} errors); "
         f"wall time {meta['wall_s']:.0f} s",
         "",
-        "## Targets",
+        "## Targets (held-out items only; an error counts as a failure)",
         "",
         _table(
-            ["variant"] + [("recall@k" if m == "recall_at_k" else m) + f" (>= {t})" for m, t in TARGETS.items()],
-            [[n] + [_target_text(summary["variants"][n]["targets"][m]) for m in TARGETS] for n in names],
-        ),
+            ["issue", "target", "measured", "verdict"],
+            [[t["issue"], f"{t['name']} {t['op']} {t['target']}", t["value"], _target_text(t)]
+             for t in summary["targets"]],
+        ),  # fmt: skip
     ]
     duel = summary.get("cove_vs_baseline")
     if duel:
@@ -162,6 +167,12 @@ def render_report(summary: dict, rows: list[dict[str, Any]], plots: list[str], w
     for name in names:
         by_type = summary["variants"][name]["by_type"]
         parts += [f"### {name}", ""]
+        lines = [[t] + [by_type[t].get(key) for key, _ in SHOWN] for t in ITEM_TYPES if by_type[t].get("n")]
+        parts += [_table(["type"] + [title for _, title in SHOWN], lines), ""]
+    parts += ["## Held-out items per question type", ""]
+    for name in names:
+        by_type = summary["variants"][name]["heldout_by_type"]
+        parts += [f"### {name} (held out)", ""]
         lines = [[t] + [by_type[t].get(key) for key, _ in SHOWN] for t in ITEM_TYPES if by_type[t].get("n")]
         parts += [_table(["type"] + [title for _, title in SHOWN], lines), ""]
     parts += ["## Tuning items vs held-out items", ""]
@@ -245,7 +256,8 @@ def write_plots(summary: dict, rows: list[dict[str, Any]], out_dir: Path) -> lis
 
     names = list(summary["variants"])
     overall = {n: [summary["variants"][n]["overall"].get(m) or 0 for m in PLOTTED] for n in names}
-    targets = [TARGETS.get(m) for m in PLOTTED]
+    baseline_targets = {t.metric: t.value for t in TARGETS if t.pipeline == "baseline" and not t.item_type}
+    targets = [baseline_targets.get(m) for m in PLOTTED]
     labels = [m.replace("_", " ") for m in PLOTTED]
     _grouped_bars(plt, labels, overall, "Metrics per variant (dashed: target)", out_dir / "metrics.png", targets)
 

@@ -25,6 +25,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cove import aliases
 from cove.catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, DocumentRecord
 from cove.docs import ParsedDocument
 from cove.lexical import drop_other_lexical_indexes
@@ -34,7 +35,7 @@ from ingest.arxiv import parse_api_response, split_version
 from ingest.chunk import chunk_document, embedding_text
 from ingest.fetch import Fetcher, FetchError, cache_paths
 from ingest.parse import ParseError, parse_file, sniff_kind
-from ingest.sources import Source, dedupe
+from ingest.sources import Source, dedupe, reading_list_aliases
 
 INGESTED, SKIPPED, FAILED = "ingested", "skipped", "failed"
 
@@ -412,6 +413,12 @@ class IngestPipeline:
 
     # --- catalog records --------------------------------------------------------------------------
     def _record(self, source: Source, item: _Work, parsed: ParsedDocument, title: str) -> DocumentRecord:
+        opening = "\n".join(page.text for page in parsed.pages[:3])
+        names = aliases.merge(
+            aliases.aliases_from_title(title),
+            reading_list_aliases(source, title),
+            aliases.aliases_from_text(opening, title),
+        )
         return DocumentRecord(
             doc_id=source.doc_id,
             source=source.source,
@@ -420,6 +427,7 @@ class IngestPipeline:
             kind=parsed.kind,
             title=title,
             authors=source.authors,
+            aliases=names,
             year=source.year,
             version=split_version(source.arxiv_id)[1] if source.arxiv_id else "",
             url=source.link,

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ingest.arxiv import FILENAME_RE, TEXT_RE, doc_id_for, parse_arxiv_id
+from ingest.arxiv import FILENAME_RE, TEXT_RE, doc_id_for, parse_arxiv_id, split_version
 
 LOCAL_KINDS = {
     ".pdf": "pdf",
@@ -195,9 +195,28 @@ def from_upload(name: str, data: bytes, uploads_dir: Path, max_bytes: int) -> So
 # --- reading lists -------------------------------------------------------------------------------
 
 
+def _reading_list_entries() -> list[dict]:
+    return tomllib.loads(resources.files("ingest").joinpath("reading_list.toml").read_text())["paper"]
+
+
+def reading_list_aliases(source: Source, title: str) -> list[str]:
+    """The short names the reading list gives a paper ("GPT-1", "Transformers"), matched by arXiv id
+    or by title; [] for a paper the list does not have."""
+    from cove.aliases import aliases_from_title, title_without_alias
+    from cove.text import fold
+
+    wanted = fold(title_without_alias(title))
+    for entry in _reading_list_entries():
+        listed = parse_arxiv_id(entry["url"]) or ""
+        same_id = bool(source.arxiv_id and listed) and split_version(listed)[0] == split_version(source.arxiv_id)[0]
+        if same_id or (wanted and fold(title_without_alias(entry["title"])) == wanted):
+            return aliases_from_title(entry["title"]) + list(entry.get("aliases", []))
+    return []
+
+
 def curated_reading_list() -> list[Source]:
     """The reading list shipped with Cove (ingest/reading_list.toml)."""
-    data = tomllib.loads(resources.files("ingest").joinpath("reading_list.toml").read_text())
+    data = {"paper": _reading_list_entries()}
     sources = []
     for entry in data["paper"]:
         if entry["kind"] == "arxiv":

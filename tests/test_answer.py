@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from cove import checks
+from cove import events as ev
+from cove import text as tx
 from cove.llm import LlamaCppModel
 from cove.settings import load_settings
 
@@ -31,8 +32,10 @@ def assert_cited_and_checked(answer, settings):
     assert not answer.refused, answer.answer
     assert answer.citations, answer.to_json()
     numbers_cited = {c.n for c in answer.citations}
-    for sentence in checks.split_sentences(answer.answer):
-        found = checks.citations(sentence)
+    for sentence in tx.split_sentences(answer.answer):
+        if sentence.startswith("The library does not say"):
+            continue
+        found = tx.citations(sentence)
         assert found and set(found) <= numbers_cited, sentence  # every sentence cites a listed source
     for c in answer.citations:
         page_text = " ".join(chunk_texts(settings, c.doc_id, c.page).split())
@@ -44,22 +47,22 @@ def test_cove_answer_is_cited_verified_and_costed(engine, small_library):
     events = []
     answer = engine.ask(HEADS, pipeline="cove", on_event=events.append)
     assert_cited_and_checked(answer, small_library)
-    assert "8" in checks.numbers(answer.answer), answer.answer  # the source says h = 8; the model may not
-    assert answer.prompt_versions == {"answer": 1, "plan": 1, "verify": 1, "revise": 1}
-    stages = [e.stage for e in events]
-    for stage in ("retrieve", "draft", "plan", "check", "done"):
-        assert stage in stages
+    assert "8" in tx.numbers(answer.answer), answer.answer  # the source says h = 8; the model may not
+    assert answer.prompt_versions == {"answer": 2, "verify": 2}
+    kinds = [type(e) for e in events]
+    for kind in (ev.Retrieved, ev.CoverageDecided, ev.FirstQuotes, ev.DraftReady, ev.PlanReady, ev.Composed):
+        assert kind in kinds, kind
+    assert kinds[-1] is ev.Finished and events[-1].answer is answer
+    # The first checked sentences go out before the model's first token.
+    assert kinds.index(ev.FirstQuotes) < kinds.index(ev.DraftToken)
     assert answer.tokens["prefill"] > 0 and answer.tokens["decode"] > 0
-    # The plan and revise steps reuse the draft's prompt prefix from llama.cpp's KV cache.
-    steps = answer.tokens["steps"]
-    assert steps["plan"]["prefill"] < steps["plan"]["prompt"] / 4
     json.dumps(answer.to_json())
 
 
 def test_baseline_pipeline_uses_one_prompt(engine, small_library):
     answer = engine.ask(HEADS, pipeline="baseline")
-    assert answer.prompt_versions == {"answer": 1}
-    assert answer.verification == [] and answer.timings["plan_s"] == 0
+    assert answer.prompt_versions == {"answer": 2}
+    assert answer.verification == [] and answer.timings["verify_s"] == 0
     assert_cited_and_checked(answer, small_library)
 
 

@@ -1,0 +1,209 @@
+"""Fitting the quote scorer's weights on the dev set's tuning items (never the held-out ones).
+
+For every answerable tuning item, the engine retrieves as it does when answering (the single-shot
+retrieval, and for a multi-part question each part's own retrieval as chain-of-verification does),
+cuts the question into parts and lists the candidate sentences with their named features
+(`cove.quotes.FEATURES`). A candidate is *gold* when it contains one of the item's evidence quotes
+(or most of it). The weights maximise, over all (item, part) groups, the probability a softmax over
+the group's candidates gives its gold candidates (a listwise logistic ranker, L2-regularised, fitted
+with L-BFGS), so they say how much each feature matters for finding the sentence a reader would quote.
+Each feature's sign is fixed in advance where its meaning fixes it (`SIGNS`): the fit says how much,
+never whether a cut-off sentence is better.
+
+The threshold below which a part counts as *not answered* is fitted next, from the best score of
+each part: answerable items' parts should clear it, unanswerable items' parts should not; it is
+chosen to maximise balanced accuracy with at most `--max-false-refusals` of answerable parts below.
+
+    COVE_HOME=.eval-home python -m evals.fit_quotes --dataset evals/datasets/dev.jsonl --corpus ../shared/corpus
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cove import text as tx
+from cove.answer import AnswerEngine, _Meter
+from cove.question import Question
+from cove.quotes import FEATURE_NAMES, WEIGHTS_FILE, Pool, cheap_features, missing_qualifiers
+from cove.settings import load_settings
+from cove.verify import part_question
+from evals.dataset import EvalItem, heldout_ids, load_dataset
+
+
+@dataclass
+class Group:
+    """One part of one item's question: its candidates' features and which are gold."""
+
+    item: str
+    answerable: bool
+    features: np.ndarray  # candidates x features
+    gold: np.ndarray  # bool per candidate
+    qualified: np.ndarray  # bool per candidate: its passage states the part's names and numbers
+
+
+def is_gold(candidate: str, quotes: list[str]) -> bool:
+    """Does the candidate contain an evidence quote (or at least 60% of its words, in a sentence
+    that is mostly made of them)?"""
+    text = tx.match_form(candidate)
+    words = tx.words(text)
+    for quote in quotes:
+        q = tx.match_form(quote)
+        if q and (q in text or (len(text) > 20 and text in q)):
+            return True
+        q_words = tx.words(q)
+        if q_words and len(q_words & words) >= 0.6 * len(q_words) and len(q_words & words) >= 0.5 * len(words):
+            return True
+    return False
+
+
+def collect(engine: AnswerEngine, items: list[EvalItem], log=print) -> list[Group]:
+    """Feature groups for every (item, part) and retrieval the engine would use."""
+    groups: list[Group] = []
+    meter, quiet = _Meter(), (lambda event: None)
+    for number, item in enumerate(items, 1):
+        retrieval = engine.retrieve(item.question, item.history_dicts(), meter, quiet)
+        coverage = engine.coverage(retrieval, quiet)
+        question = coverage.question
+        pools = [(question, retrieval, None)]
+        if question.multi_part:  # chain-of-verification answers each part from its own search too
+            for index, part in enumerate(question.parts):
+                hits = engine.retriever.search(part.text, k=engine.settings.answer.cove.sources).hits
+                pools.append((part_question(question, index), retrieval.with_hits(hits, engine.evidence), index))
+        for q, source, only_part in pools:
+            pool = engine._pool(source)
+            for index, part in enumerate(q.parts):
+                if only_part is not None and index != 0:
+                    continue
+                groups.append(_group(engine, item, q, part, pool))
+        if number % 10 == 0:
+            log(f"  {number}/{len(items)} items")
+    return groups
+
+
+def _group(engine: AnswerEngine, item: EvalItem, question: Question, part, pool: Pool) -> Group:
+    rows = [cheap_features(part, question, pool, i) for i in range(len(pool.items))]
+    if rows:
+        vectors = engine.retriever.embedder.embed([part.text] + [c.text for c in pool.items])
+        for row, vector in zip(rows, vectors[1:], strict=True):
+            row["similarity"] = float(vector @ vectors[0])
+    features = np.array([[row.get(name, 0.0) for name in FEATURE_NAMES] for row in rows], dtype=float)
+    gold = np.array([is_gold(c.text, item.quotes) for c in pool.items], dtype=bool)
+    qualified = np.array([not missing_qualifiers(part, pool.evidence[c.n]) for c in pool.items], dtype=bool)
+    return Group(item.id, item.answerable, features.reshape(len(rows), len(FEATURE_NAMES)), gold, qualified)
+
+
+def fit_weights(groups: list[Group], l2: float = 0.05) -> np.ndarray:
+    """Listwise softmax ranker: maximise the log-probability of each group's gold candidates."""
+    from scipy.optimize import minimize
+
+    usable = [g for g in groups if g.gold.any() and len(g.gold) > 1]
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        total, grad = l2 * float(w @ w), 2 * l2 * w
+        for g in usable:
+            scores = g.features @ w
+            scores -= scores.max()
+            p = np.exp(scores)
+            p /= p.sum()
+            p_gold = p[g.gold].sum()
+            total -= np.log(p_gold + 1e-12)
+            # d(-log sum_gold p)/dw = E_p[x] - E_{p|gold}[x]
+            grad += p @ g.features - (p[g.gold] / (p_gold + 1e-12)) @ g.features[g.gold]
+        return total / len(usable), grad / len(usable)
+
+    start = np.zeros(len(FEATURE_NAMES))
+    bounds = [SIGNS.get(name, (None, None)) for name in FEATURE_NAMES]
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    return result.x
+
+
+# What each feature can only do, known before any data: more of what the question asks for never
+# makes a sentence a worse answer, and a cut-off sentence, a heading, a question, a run of numbers
+# or symbols never makes it a better one. The fit chooses how much, within these signs.
+_UP, _DOWN = (0.0, None), (None, 0.0)
+SIGNS = {
+    **dict.fromkeys(("focus", "context", "passage", "similarity", "number_about", "named_paper", "reason"), _UP),
+    **dict.fromkeys(("cut_off", "question_mark", "heading", "short", "long", "numeric_density", "symbol_density",
+                     "other_paper", "no_number"), _DOWN),  # fmt: skip
+}
+
+
+def top_scores(groups: list[Group], w: np.ndarray) -> list[tuple[Group, float, bool]]:
+    """(group, the best qualified candidate's score, whether that candidate is gold)."""
+    out = []
+    for g in groups:
+        scores = g.features @ w
+        scores = np.where(g.qualified, scores, -np.inf)
+        best = int(np.argmax(scores)) if len(scores) else -1
+        out.append((g, float(scores[best]) if best >= 0 else -np.inf, bool(best >= 0 and g.gold[best])))
+    return out
+
+
+def fit_threshold(scored: list[tuple[Group, float, bool]], max_false_refusals: float) -> float:
+    """The score cut that best separates answerable items' parts from unanswerable items' parts."""
+    answerable = np.array([s for g, s, _ in scored if g.answerable and np.isfinite(s)])
+    unanswerable = np.array([s for g, s, _ in scored if not g.answerable and np.isfinite(s)])
+    if not len(answerable):
+        return 0.0
+    best, best_acc = float(answerable.min()) - 1e-6, -1.0
+    for cut in np.unique(np.concatenate([answerable, unanswerable])):
+        refused = float((answerable < cut).mean())
+        caught = float((unanswerable < cut).mean()) if len(unanswerable) else 1.0
+        if refused <= max_false_refusals and (1 - refused + caught) / 2 > best_acc:
+            best, best_acc = float(cut), (1 - refused + caught) / 2
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, default=Path("evals/datasets/dev.jsonl"))
+    parser.add_argument("--corpus", type=Path, default=None, help="ingest the dataset's papers from here first")
+    parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
+    parser.add_argument("--l2", type=float, default=0.05)
+    parser.add_argument("--max-false-refusals", type=float, default=0.05)
+    args = parser.parse_args()
+
+    held = heldout_ids(args.dataset)
+    items = [i for i in load_dataset(args.dataset) if i.id not in held]
+    settings = load_settings()
+    if args.corpus is not None:
+        from evals.corpus import ingest_corpus
+
+        ingest_corpus(args.corpus, load_dataset(args.dataset), settings)
+    engine = AnswerEngine(settings)
+    print(f"collecting features for {len(items)} tuning items (held out and never used: {len(held)})")
+    groups = collect(engine, items)
+    w = fit_weights(groups, args.l2)
+    scored = top_scores(groups, w)
+    answerable = [(g, s, hit) for g, s, hit in scored if g.answerable and g.gold.any()]
+    accuracy = sum(hit for _, _, hit in answerable) / max(1, len(answerable))
+    threshold = fit_threshold(scored, args.max_false_refusals)
+    weights = {name: round(float(v), 4) for name, v in zip(FEATURE_NAMES, w, strict=True)}
+    data = {
+        "note": "Fitted by evals/fit_quotes.py on the tuning items of the dev set (held-out items never used).",
+        "fitted_on": {
+            "dataset": str(args.dataset),
+            "dataset_sha256": hashlib.sha256(args.dataset.read_bytes()).hexdigest(),
+            "tuning_items": len(items),
+            "groups": len(groups),
+            "groups_with_gold": sum(bool(g.gold.any()) for g in groups),
+            "top1_gold_accuracy": round(accuracy, 4),
+            "l2": args.l2,
+            "date": datetime.date.today().isoformat(),
+        },
+        "weights": weights,
+        "threshold": round(threshold, 4),
+    }
+    args.out.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))
+
+
+if __name__ == "__main__":
+    main()

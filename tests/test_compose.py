@@ -1,0 +1,153 @@
+"""The answer policy and chain-of-verification with a *scripted* model over a real library.
+
+The model is scripted so each path of the policy is tested deterministically (a model that is
+right, one that invents a number, one that states a wrong number); retrieval, the checks, the quote
+scorer and the store are the real ones. The real bundled model is tested end to end in test_answer.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cove.answer import AnswerEngine
+from cove.llm import ChatModel, Completion
+from cove.settings import with_overrides
+
+pytestmark = pytest.mark.slow
+
+
+class ScriptedModel(ChatModel):
+    """Replies with `draft(sources_text)` to the answer prompt and `verify(question)` to verify prompts."""
+
+    name = "scripted"
+
+    def __init__(self, draft, verify=lambda question, evidence: "Not stated.") -> None:
+        self.draft, self.verify, self.calls = draft, verify, []
+
+    def chat(self, messages, max_tokens=256, stop=None, on_token=None, on_wait=None) -> Completion:
+        system, user = messages[0]["content"], messages[-1]["content"]
+        self.calls.append(user)
+        text = self.draft(system) if "numbered sources" in system else self.verify(user, system)
+        for piece in text.split(" "):
+            if on_token:
+                on_token(piece + " ")
+        return Completion(text, prefill_tokens=len(system) // 4, decode_tokens=len(text) // 4,
+                          prompt_tokens=len(system) // 4, seconds=0.0, finish_reason="stop")  # fmt: skip
+
+
+def source_number(sources: str, needle: str) -> int:
+    """The [n] of the numbered source that contains `needle` (what a capable model would cite)."""
+    for line in sources.splitlines():
+        found = re.match(r"\[(\d+)\]", line)
+        if found and needle in line:
+            return int(found.group(1))
+    return 1
+
+
+def engine_with(small_library, model, **answer) -> AnswerEngine:
+    settings = with_overrides(small_library, {"answer": answer}) if answer else small_library
+    return AnswerEngine(settings, model=model)
+
+
+HEADS = "How many attention heads does the base Transformer use?"
+
+
+def test_aliases_name_papers_from_their_own_text(engine):
+    named = engine.retriever.named_documents
+    assert named("How many attention heads does the Transformer use?") == {"arxiv-1706.03762"}
+    assert named("What rank does LoRA use on GPT-3?") == {"arxiv-2106.09685"}
+    assert "the Transformer" in engine.retriever.aliases("arxiv-1706.03762")
+
+
+def test_two_part_question_gets_a_cited_sentence_per_part(small_library):
+    model = ScriptedModel(lambda sources: "The sources do not say.")
+    answer = engine_with(small_library, model).ask(
+        "Which optimizer trained the Transformer, and how many warmup steps did it use?", pipeline="baseline"
+    )
+    assert [p["found"] for p in answer.parts] == [True, True], answer.parts
+    assert "Adam" in answer.answer and "4000" in answer.answer, answer.answer
+    assert answer.citations and all(f"[{c.n}]" in answer.answer for c in answer.citations)
+
+
+def test_a_part_without_evidence_gets_an_explicit_line(small_library):
+    model = ScriptedModel(lambda sources: "The sources do not say.")
+    answer = engine_with(small_library, model).ask(
+        "How many attention heads does the base Transformer use, and how many tonnes of carbon did training emit?",
+        pipeline="baseline",
+    )
+    assert not answer.refused
+    assert [p["found"] for p in answer.parts] == [True, False], answer.parts
+    assert "8" in answer.answer and "The library does not say" in answer.answer
+
+
+def test_a_capable_models_checked_sentences_lead(small_library):
+    def capable(sources):
+        n = source_number(sources, "h = 8")
+        return f"The base Transformer employs h = 8 parallel attention layers, or heads [{n}]."
+
+    answer = engine_with(small_library, ScriptedModel(capable)).ask(HEADS, pipeline="baseline")
+    assert answer.mode == "generated", answer.to_json()
+    assert answer.answer.startswith("The base Transformer employs h = 8"), answer.answer
+
+
+def test_an_unsupported_generated_sentence_is_dropped_and_reported(small_library):
+    answer = engine_with(
+        small_library, ScriptedModel(lambda s: "The base Transformer uses 64 attention heads [1].")
+    ).ask(HEADS, pipeline="baseline")
+    assert "64 attention heads" not in answer.answer and "h = 8" in answer.answer
+    removed = [c for c in answer.corrections if c["change"] == "removed"]
+    assert removed and "64" in removed[0]["claim"]
+
+
+# --- chain-of-verification (issue 15) ------------------------------------------------------------
+
+
+def test_cove_corrects_a_contradicted_draft_number_and_cites_the_evidence(small_library):
+    model = ScriptedModel(lambda sources: "The base Transformer uses 1 attention head [2].")
+    answer = engine_with(small_library, model).ask(HEADS, pipeline="cove")
+    fixes = [c for c in answer.corrections if c["change"] == "contradicted"]
+    assert fixes, answer.corrections
+    assert "1 attention head" in fixes[0]["claim"] and "h = 8" in fixes[0]["replacement"]
+    assert "draft said" in fixes[0]["text"] and f"page {fixes[0]['page']}" in fixes[0]["text"]
+    cited = {c.n: c for c in answer.citations}
+    assert fixes[0]["source"] in cited and cited[fixes[0]["source"]].page == 5
+    assert "1 attention head" not in answer.answer
+
+
+def test_cove_keeps_a_confirmed_sentence_and_drops_an_unconfirmed_one(small_library):
+    def draft(sources):
+        n = source_number(sources, "h = 8")
+        return (
+            f"The base Transformer employs h = 8 parallel attention layers, or heads [{n}]. "
+            "It was trained on 42 TPUs for 9 weeks [1]."
+        )
+
+    answer = engine_with(small_library, ScriptedModel(draft)).ask(HEADS, pipeline="cove")
+    statuses = {v["claim"][:20]: v["status"] for v in answer.verification if v["kind"] == "claim"}
+    assert "confirmed" in statuses.values() and "unconfirmed" in statuses.values(), statuses
+    assert "h = 8 parallel attention layers" in answer.answer
+    assert "42 TPUs" not in answer.answer
+    assert any(c["change"] == "removed" and "42 TPUs" in c["claim"] for c in answer.corrections)
+
+
+def test_cove_verifies_each_part_of_a_two_part_question_from_its_own_search(small_library):
+    model = ScriptedModel(lambda sources: "The sources do not say.")
+    answer = engine_with(small_library, model).ask(
+        "Which optimizer trained the Transformer, and what rank r does LoRA use?", pipeline="cove"
+    )
+    part_checks = [v for v in answer.verification if v["kind"] == "part"]
+    assert len(part_checks) == 2 and all(v["sources"] for v in part_checks)
+    assert {s["doc_id"] for s in part_checks[1]["sources"]} == {"arxiv-2106.09685"}
+    assert "Adam" in answer.answer
+
+
+def test_cove_with_every_switch_off_is_single_shot(small_library):
+    def draft(sources):
+        return "The base Transformer uses 1 attention head [2]."
+
+    off = {"cove": {"decompose": False, "claims": False, "pool_evidence": False, "model_answers": False}}
+    single = engine_with(small_library, ScriptedModel(draft)).ask(HEADS, pipeline="baseline")
+    cove_off = engine_with(small_library, ScriptedModel(draft), **off).ask(HEADS, pipeline="cove")
+    assert cove_off.answer == single.answer and cove_off.verification == []
