@@ -56,7 +56,7 @@ from cove.events import (
 from cove.llm import ChatModel, Completion, load_chat_model
 from cove.prompts import load_prompts
 from cove.question import Question, analyze
-from cove.quotes import Pool, QuoteScorer, default_weights, fitted_threshold
+from cove.quotes import Pool, QuoteScorer, default_weights
 from cove.retrieve import Hit, Retriever, standalone_query
 from cove.settings import CoveSettings
 from cove.verify import (
@@ -238,9 +238,8 @@ class AnswerEngine:
         self.prompts = load_prompts(settings.answer.prompts_dir)
         weights = settings.quotes.weights or default_weights()
         self.scorer = QuoteScorer(weights, self.retriever.embedder.embed, settings.quotes.prefilter)
-        threshold = settings.quotes.threshold
         self.compose_settings = ComposeSettings(
-            threshold=fitted_threshold() if threshold is None else threshold,
+            threshold=settings.quotes.threshold,
             max_generated_sentences=settings.answer.max_generated_sentences,
             generated_lead=settings.answer.generated_lead,
         )

@@ -6,7 +6,7 @@ sentences, compose what the user reads.
 
 The policy, in order:
 1. every part of the question gets the best candidate sentence for it (`cove.quotes`), if that
-   sentence scores above the fitted threshold and its passage states the names and numbers the
+   sentence clears the fitted answerability gate and its paper states the names and numbers the
    part asks about; otherwise the part is *not found*;
 2. no part found and no supported model sentence: the answer is a refusal;
 3. the model's sentences that passed the checks (`cove.checks`) *lead* when they cover every found
@@ -131,12 +131,14 @@ class Composition:
 class ComposeSettings:
     """The composer's knobs (from `AnswerSettings` / `QuoteSettings`)."""
 
-    threshold: float
+    threshold: float | None = None  # the gate's probability threshold; None = the fitted one
     max_generated_sentences: int = 2
     generated_lead: str = "auto"  # "auto" | "always" | "never"
 
 
-def best_for_part(part: Part, question: Question, pool: Pool, scorer: QuoteScorer, threshold: float) -> PartAnswer:
+def best_for_part(
+    part: Part, question: Question, pool: Pool, scorer: QuoteScorer, threshold: float | None = None
+) -> PartAnswer:
     """The best candidate for a part, and whether it is good enough to answer it."""
     ranked = scorer.rank(part, question, pool, limit=8)
     if part.papers:  # a part about a named paper is answered from that paper
@@ -146,14 +148,13 @@ def best_for_part(part: Part, question: Question, pool: Pool, scorer: QuoteScore
     if not ranked:
         return PartAnswer(part, None, False, "no quotable sentence in the sources")
     for candidate in ranked:  # the best one whose passage states what the part names
-        missing = missing_qualifiers(part, pool.evidence[candidate.candidate.n])
+        missing = missing_qualifiers(part, pool.evidence[candidate.candidate.n], pool)
         if not missing:
-            if candidate.score < threshold:
-                return PartAnswer(
-                    part, candidate, False, f"best sentence scores {candidate.score:.2f} < {threshold:.2f}"
-                )
+            if not scorer.answers(candidate, threshold):
+                why = f"the best sentence does not answer it (confidence {scorer.confidence(candidate):.2f})"
+                return PartAnswer(part, candidate, False, why)
             return PartAnswer(part, candidate, True)
-    missing = missing_qualifiers(part, pool.evidence[ranked[0].candidate.n])
+    missing = missing_qualifiers(part, pool.evidence[ranked[0].candidate.n], pool)
     return PartAnswer(part, ranked[0], False, f"no source states {', '.join(sorted(missing))}")
 
 

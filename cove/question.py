@@ -27,10 +27,16 @@ MAX_PARTS = 4
 
 _WH = r"(?:what|which|who|whom|whose|where|when|why|how|does|do|did|is|are|was|were|can|could|has|have)"
 # ", and how many ...", " and what ...", "; which ...", "? How ..."
-_CLAUSE_BREAK = re.compile(rf"\?\s+(?=\w)|\s*[;,]?\s+(?:and|but|also|plus)\s+(?={_WH}\b)|\s*;\s+", re.IGNORECASE)
+_QUESTION_WORD = r"(?:what|which|how|who|whom|whose|where|when|why)"
+# A new clause: a second "?", ", and how many ...", " and what ...", "; which ...", ", how long ...",
+# ", on what hardware ...", ", and in at least how many ..." (a comma, up to three words, a question word).
+_CLAUSE_BREAK = re.compile(
+    rf"\?\s+(?=\w)|\s*[;,]?\s+(?:and|but|also|plus)\s+(?={_WH}\b)|\s*;\s+"
+    rf"|,\s+(?:and\s+|or\s+)?(?=(?:[\w-]+\s+){{0,3}}?{_QUESTION_WORD}\b)",
+    re.IGNORECASE,
+)
 # Connectives that set two things side by side.
 _COMPARE = re.compile(r"\b(?:compared? (?:with|to)|versus|vs\.?|against|relative to|as opposed to)\b", re.IGNORECASE)
-_LIST_SPLIT = re.compile(r"\s*,\s*(?:and\s+|or\s+)?|\s+(?:and|or|&)\s+", re.IGNORECASE)
 _NUMERIC = re.compile(
     r"\b(how (many|much|long|large|big|fast|often|deep|wide)|what (percentage|fraction|number|size|value|"
     r"ratio|rate|speedup|score|accuracy|perplexity|bleu|dimension|dimensionality)|how many)\b",
@@ -94,13 +100,19 @@ def analyze(question: str, named: Callable[[str], set[str]] | None = None) -> Qu
     """The question cut into parts. `named(text)` gives the documents a text names (aliases)."""
     named = named or (lambda _text: set())
     pieces = [p for p in (_strip_ends(c) for c in _CLAUSE_BREAK.split(question)) if p]
+    setting, pieces = _setting(pieces)
     parts: list[Part] = []
     for clause in pieces or [question]:
         parts.extend(_clause_parts(clause))
     parts = _merge_empty(parts, question)
+    if setting:  # "For FlashAttention's BERT-large runs, ...": what every part is asked about
+        for part in parts:
+            part.context |= question_terms(setting) - part.focus
+            part.names |= tx.entities(f"of {setting}")
+            part.text = f"{setting}, {part.text}"
     papers = named(question)
-    for part in parts:
-        part.papers = named(part.text) & papers if papers else set()
+    for part in parts:  # a part names its own paper; with one paper named, every part is about it
+        part.papers = (named(part.text) & papers or (papers if len(papers) == 1 else set())) if papers else set()
     parts = _one_part_per_paper(parts, papers, named)
     shared = set.intersection(*(p.terms for p in parts)) if len(parts) > 1 else set()
     for part in parts:  # a term every part uses is context, unless it is all the part asks about
@@ -108,6 +120,16 @@ def analyze(question: str, named: Callable[[str], set[str]] | None = None) -> Qu
             part.context |= part.focus & shared
             part.focus -= shared
     return Question(question, parts[:MAX_PARTS], bool(_WHY.match(question)), papers)
+
+
+_ASKING = re.compile(rf"\b{_WH}\b", re.IGNORECASE)
+
+
+def _setting(pieces: list[str]) -> tuple[str, list[str]]:
+    """A leading clause that asks nothing ('In LoRA', 'For the parsing experiment') and the rest."""
+    if len(pieces) > 1 and not _ASKING.search(pieces[0]):
+        return pieces[0], pieces[1:]
+    return "", pieces
 
 
 def _strip_ends(text: str) -> str:
@@ -163,7 +185,7 @@ def _coordination(clause: str) -> list[str]:
     return []
 
 
-_FUNCTION = set(tx.STOP_WORDS) | {"the", "a", "an", "to", "for", "in", "on", "with", "by", "at", "of"}
+_FUNCTION = (set(tx.STOP_WORDS) | {"the", "a", "an", "to", "for", "in", "on", "with", "by", "at"}) - {"of"}
 
 
 def _phrase_before(words: list[str], index: int) -> str:
@@ -196,7 +218,7 @@ def _phrase_after(words: list[str], index: int) -> str:
     i = index + 1
     if i < len(words) and words[i].lower() in ("the", "a", "an", "its", "their"):
         i += 1
-    while i < len(words) and len(out) < 3:
+    while i < len(words) and len(out) < 4:
         word = words[i]
         bare = word.strip(",?.").lower()
         if bare in _FUNCTION or bare in _VERBS:
@@ -205,6 +227,8 @@ def _phrase_after(words: list[str], index: int) -> str:
         if word.endswith((",", "?", ".")):
             break
         i += 1
+    while out and out[-1].lower() == "of":  # "number of" without its noun is no phrase
+        out.pop()
     return " ".join(out)
 
 
@@ -257,15 +281,28 @@ def _part(text: str, focus: set[str], context: set[str], counted: bool = False) 
 
 
 def _merge_empty(parts: list[Part], question: str) -> list[Part]:
-    """A part with nothing to ask ('and how?') joins the part before it."""
+    """A part with nothing to ask joins its neighbour as context: 'and how?' the part before it,
+    a leading 'In LoRA' or 'For the parsing experiment' the part after it."""
     kept: list[Part] = []
+    pending: Part | None = None  # a leading clause with nothing to ask, waiting for the next part
     for part in parts:
-        if not part.focus and not part.names and kept:
+        if pending is not None:
+            part.context |= pending.focus | pending.context
+            part.names |= pending.names
+            part.text = f"{pending.text}, {part.text}"
+            pending = None
+        if part.focus:
+            kept.append(part)
+        elif kept:
+            kept[-1].context |= part.context
+            kept[-1].names |= part.names
             kept[-1].text += f" {part.text}"
             kept[-1].wants_number |= part.wants_number
-            continue
-        kept.append(part)
-    return kept or [_part(question, question_terms(question), set())]
+        else:
+            pending = part
+    if pending is not None:
+        kept.append(pending)
+    return kept or [_part(question, question_terms(question), set(), counted=True)]
 
 
 def _one_part_per_paper(parts: list[Part], papers: set[str], named: Callable[[str], set[str]]) -> list[Part]:

@@ -98,9 +98,15 @@ def default_weights() -> dict[str, float]:
     return dict(_weights_from_file(str(WEIGHTS_FILE)))
 
 
-def fitted_threshold() -> float:
-    """The score below which a part counts as unanswered, fitted with the weights."""
-    return float(json.loads(WEIGHTS_FILE.read_text()).get("threshold", 0.0))
+# What the gate looks at: the best candidate's score and the features that say whether it states
+# the asked thing at all (a high-ranking passage can still be about something else).
+GATE_FEATURES = ("score", "focus", "context", "similarity", "passage_similarity", "number_about", "no_number", "rank")
+
+
+def default_gate() -> dict:
+    """The fitted answerability gate: {"weights": {feature: w}, "bias": b, "threshold": p}."""
+    data = json.loads(WEIGHTS_FILE.read_text())
+    return data.get("gate") or {"weights": {"score": 1.0}, "bias": -float(data.get("threshold", 0.0)), "threshold": 0.5}
 
 
 # --- candidates --------------------------------------------------------------------------------------
@@ -166,6 +172,10 @@ class Pool:
         items = [c for n in sorted(evidence) for c in candidates(evidence[n], max_pair_chars)]
         terms = [_candidate_terms(c.text) for c in items]
         return cls(evidence, items, terms, {})
+
+    def paper_text(self, doc_id: str) -> str:
+        """Every retrieved passage of one paper (with its header), as one text."""
+        return "\n".join(e.full for e in self.evidence.values() if e.doc_id == doc_id)
 
     def idf_of(self, term: str) -> float:
         if term not in self.idf:
@@ -249,11 +259,14 @@ Embed = Callable[[list[str]], np.ndarray]
 class QuoteScorer:
     """Scores a pool's candidates as answers to each part of a question."""
 
-    def __init__(self, weights: dict[str, float], embed: Embed | None = None, prefilter: int = 24) -> None:
+    def __init__(
+        self, weights: dict[str, float], embed: Embed | None = None, prefilter: int = 24, gate: dict | None = None
+    ) -> None:
         unknown = set(weights) - set(FEATURE_NAMES) - {"bias"}
         if unknown:
             raise ValueError(f"unknown quote features in weights: {', '.join(sorted(unknown))}")
         self.weights = weights
+        self.gate = gate or default_gate()
         self.embed = embed
         self.prefilter = prefilter
         self._vectors: dict[str, np.ndarray] = {}
@@ -289,6 +302,16 @@ class QuoteScorer:
         ranked = head + scored[self.prefilter :]
         return ranked[:limit] if limit else ranked
 
+    def confidence(self, scored: Scored) -> float:
+        """How likely the part is answered by this candidate at all (the fitted gate, 0 to 1)."""
+        values = {**scored.features, "score": scored.score}
+        z = self.gate.get("bias", 0.0) + sum(w * values.get(k, 0.0) for k, w in self.gate["weights"].items())
+        return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+    def answers(self, scored: Scored, threshold: float | None = None) -> bool:
+        """Does the candidate clear the gate (`threshold` overrides the fitted one)?"""
+        return self.confidence(scored) >= (self.gate.get("threshold", 0.5) if threshold is None else threshold)
+
     def explain(self, scored: Scored) -> dict[str, float]:
         """Each feature's contribution to the score (weight x value), largest first."""
         parts = {k: round(self.weights.get(k, 0.0) * v, 4) for k, v in scored.features.items() if v}
@@ -297,13 +320,14 @@ class QuoteScorer:
         return dict(sorted(parts.items(), key=lambda kv: -abs(kv[1])))
 
 
-def missing_qualifiers(part: Part, evidence: Evidence) -> set[str]:
-    """Names and numbers the part asks about that the passage (with its paper's title) never states:
-    'on WMT 2016 English-Romanian', 'LLaMA-175B', 'an RTX 4090'. A passage about the paper's own
-    setting then answers a question about a setting it does not report."""
-    haystack = tx.fold(evidence.full)
+def missing_qualifiers(part: Part, evidence: Evidence, pool: Pool | None = None) -> set[str]:
+    """Names and numbers the part asks about that neither the passage nor the other retrieved
+    passages of its paper state: 'on WMT 2016 English-Romanian', 'LLaMA-175B', 'an RTX 4090'. A
+    passage about the paper's own setting then answers a question about a setting it does not report."""
+    text = pool.paper_text(evidence.doc_id) if pool is not None and evidence.doc_id else evidence.full
+    haystack = tx.fold(text)
     missing = {name for name in part.names if not tx.has_entity(name, haystack)}
-    stated = tx.numbers(evidence.full)
+    stated = tx.numbers(text)
     asked = tx.numbers(_NAME_WITH_NUMBER.sub(" ", part.text))  # "GPT-2" names a model, not a number
     return missing | {n for n in asked if n not in stated}
 

@@ -217,7 +217,9 @@ class QuoteSettings(BaseModel):
         "the dev set's tuning items by evals/fit_quotes.py and shipped in cove/quote_weights.json.",
     )
     threshold: float | None = Field(
-        None, description="Score below which a part counts as not answered; unset = the fitted threshold."
+        None,
+        description="Least confidence (0-1, the fitted answerability gate) for a part to count as answered; "
+        "unset = the fitted threshold.",
     )
     prefilter: int = Field(24, ge=1, description="Candidates per part that get the (costly) MiniLM similarity.")
     max_pair_chars: int = Field(600, ge=100, description="Longest two-sentence quote, in characters.")

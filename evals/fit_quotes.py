@@ -10,9 +10,10 @@ with L-BFGS), so they say how much each feature matters for finding the sentence
 Each feature's sign is fixed in advance where its meaning fixes it (`SIGNS`): the fit says how much,
 never whether a cut-off sentence is better.
 
-The threshold below which a part counts as *not answered* is fitted next, from the best score of
-each part: answerable items' parts should clear it, unanswerable items' parts should not; it is
-chosen to maximise balanced accuracy with at most `--max-false-refusals` of answerable parts below.
+The answerability gate is fitted next: a logistic regression on named features of each part's best
+candidate (its score, how much of the asked thing it states, ...: `cove.quotes.GATE_FEATURES`),
+answerable items' parts against unanswerable items' parts, with the probability cut chosen for
+balanced accuracy with at most `--max-false-refusals` of answerable parts below it.
 
     COVE_HOME=.eval-home python -m evals.fit_quotes --dataset evals/datasets/dev.jsonl --corpus ../shared/corpus
 """
@@ -23,6 +24,7 @@ import argparse
 import datetime
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ import numpy as np
 from cove import text as tx
 from cove.answer import AnswerEngine, _Meter
 from cove.question import Question
-from cove.quotes import FEATURE_NAMES, WEIGHTS_FILE, Pool, cheap_features, missing_qualifiers
+from cove.quotes import FEATURE_NAMES, GATE_FEATURES, WEIGHTS_FILE, Pool, cheap_features, missing_qualifiers
 from cove.settings import load_settings
 from cove.verify import part_question
 from evals.dataset import EvalItem, heldout_ids, load_dataset
@@ -46,6 +48,7 @@ class Group:
     features: np.ndarray  # candidates x features
     gold: np.ndarray  # bool per candidate
     qualified: np.ndarray  # bool per candidate: its passage states the part's names and numbers
+    primary: bool = True  # from the question's own retrieval (not a verification search)
 
 
 def is_gold(candidate: str, quotes: list[str]) -> bool:
@@ -81,7 +84,9 @@ def collect(engine: AnswerEngine, items: list[EvalItem], log=print) -> list[Grou
             for index, part in enumerate(q.parts):
                 if only_part is not None and index != 0:
                     continue
-                groups.append(_group(engine, item, q, part, pool))
+                group = _group(engine, item, q, part, pool)
+                group.primary = only_part is None
+                groups.append(group)
         if number % 10 == 0:
             log(f"  {number}/{len(items)} items")
     return groups
@@ -95,7 +100,7 @@ def _group(engine: AnswerEngine, item: EvalItem, question: Question, part, pool:
             row["similarity"] = float(vector @ vectors[0])
     features = np.array([[row.get(name, 0.0) for name in FEATURE_NAMES] for row in rows], dtype=float)
     gold = np.array([is_gold(c.text, item.quotes) for c in pool.items], dtype=bool)
-    qualified = np.array([not missing_qualifiers(part, pool.evidence[c.n]) for c in pool.items], dtype=bool)
+    qualified = np.array([not missing_qualifiers(part, pool.evidence[c.n], pool) for c in pool.items], dtype=bool)
     return Group(item.id, item.answerable, features.reshape(len(rows), len(FEATURE_NAMES)), gold, qualified)
 
 
@@ -135,30 +140,51 @@ SIGNS = {
 }
 
 
-def top_scores(groups: list[Group], w: np.ndarray) -> list[tuple[Group, float, bool]]:
-    """(group, the best qualified candidate's score, whether that candidate is gold)."""
+def best_rows(groups: list[Group], w: np.ndarray) -> list[tuple[Group, np.ndarray | None, float, bool]]:
+    """Per group: the best qualified candidate's features, its score, and whether it is gold."""
     out = []
     for g in groups:
-        scores = g.features @ w
-        scores = np.where(g.qualified, scores, -np.inf)
-        best = int(np.argmax(scores)) if len(scores) else -1
-        out.append((g, float(scores[best]) if best >= 0 else -np.inf, bool(best >= 0 and g.gold[best])))
+        scores = np.where(g.qualified, g.features @ w, -np.inf) if len(g.gold) else np.array([])
+        if not len(scores) or not np.isfinite(scores.max()):
+            out.append((g, None, -np.inf, False))
+            continue
+        best = int(np.argmax(scores))
+        out.append((g, g.features[best], float(scores[best]), bool(g.gold[best])))
     return out
 
 
-def fit_threshold(scored: list[tuple[Group, float, bool]], max_false_refusals: float) -> float:
-    """The score cut that best separates answerable items' parts from unanswerable items' parts."""
-    answerable = np.array([s for g, s, _ in scored if g.answerable and np.isfinite(s)])
-    unanswerable = np.array([s for g, s, _ in scored if not g.answerable and np.isfinite(s)])
-    if not len(answerable):
-        return 0.0
-    best, best_acc = float(answerable.min()) - 1e-6, -1.0
-    for cut in np.unique(np.concatenate([answerable, unanswerable])):
-        refused = float((answerable < cut).mean())
-        caught = float((unanswerable < cut).mean()) if len(unanswerable) else 1.0
+def gate_matrix(rows) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) for the gate: GATE_FEATURES of each primary group's best candidate; y = answerable."""
+    index = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    xs, ys = [], []
+    for g, features, score, _ in rows:
+        if features is None or not g.primary:
+            continue
+        xs.append([score if name == "score" else features[index[name]] for name in GATE_FEATURES])
+        ys.append(g.answerable)
+    return np.array(xs, dtype=float), np.array(ys, dtype=bool)
+
+
+def fit_gate(x: np.ndarray, y: np.ndarray, max_false_refusals: float) -> dict:
+    """Logistic regression (balanced classes) on the gate features, and the probability cut that
+    best separates answerable from unanswerable parts with at most `max_false_refusals` of the
+    answerable ones below it."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(class_weight="balanced", C=1.0, max_iter=2000).fit(x, y)
+    p = model.predict_proba(x)[:, 1]
+    best, best_acc = 0.0, -1.0
+    for cut in np.unique(p):
+        refused = float((p[y] < cut).mean()) if y.any() else 0.0
+        caught = float((p[~y] < cut).mean()) if (~y).any() else 1.0
         if refused <= max_false_refusals and (1 - refused + caught) / 2 > best_acc:
             best, best_acc = float(cut), (1 - refused + caught) / 2
-    return best
+    return {
+        "weights": {name: round(float(c), 4) for name, c in zip(GATE_FEATURES, model.coef_[0], strict=True)},
+        "bias": round(float(model.intercept_[0]), 4),
+        "threshold": round(best, 4),
+        "balanced_accuracy_on_tuning": round(best_acc, 4),
+    }
 
 
 def main() -> None:
@@ -168,6 +194,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS_FILE)
     parser.add_argument("--l2", type=float, default=0.05)
     parser.add_argument("--max-false-refusals", type=float, default=0.05)
+    parser.add_argument("--features", type=Path, default=None, help="cache of the collected features (pickle)")
     args = parser.parse_args()
 
     held = heldout_ids(args.dataset)
@@ -177,14 +204,20 @@ def main() -> None:
         from evals.corpus import ingest_corpus
 
         ingest_corpus(args.corpus, load_dataset(args.dataset), settings)
-    engine = AnswerEngine(settings)
-    print(f"collecting features for {len(items)} tuning items (held out and never used: {len(held)})")
-    groups = collect(engine, items)
+    if args.features is not None and args.features.is_file():
+        groups = pickle.loads(args.features.read_bytes())
+        print(f"features of {len(groups)} groups from {args.features}")
+    else:
+        engine = AnswerEngine(settings)
+        print(f"collecting features for {len(items)} tuning items (held out and never used: {len(held)})")
+        groups = collect(engine, items)
+        if args.features is not None:
+            args.features.write_bytes(pickle.dumps(groups))
     w = fit_weights(groups, args.l2)
-    scored = top_scores(groups, w)
-    answerable = [(g, s, hit) for g, s, hit in scored if g.answerable and g.gold.any()]
-    accuracy = sum(hit for _, _, hit in answerable) / max(1, len(answerable))
-    threshold = fit_threshold(scored, args.max_false_refusals)
+    rows = best_rows(groups, w)
+    answerable = [hit for g, _, _, hit in rows if g.answerable and g.gold.any()]
+    accuracy = sum(answerable) / max(1, len(answerable))
+    gate = fit_gate(*gate_matrix(rows), args.max_false_refusals)
     weights = {name: round(float(v), 4) for name, v in zip(FEATURE_NAMES, w, strict=True)}
     data = {
         "note": "Fitted by evals/fit_quotes.py on the tuning items of the dev set (held-out items never used).",
@@ -199,7 +232,7 @@ def main() -> None:
             "date": datetime.date.today().isoformat(),
         },
         "weights": weights,
-        "threshold": round(threshold, 4),
+        "gate": gate,
     }
     args.out.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))
