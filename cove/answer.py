@@ -34,7 +34,7 @@ import numpy as np
 
 from cove import checks
 from cove.checks import Evidence
-from cove.llm import ChatModel, Completion, load_chat_model
+from cove.llm import ChatModel, Completion, ModelError, load_chat_model
 from cove.prompts import load_prompts
 from cove.retrieve import Hit, Retriever, standalone_query, words
 from cove.settings import CoveSettings
@@ -51,6 +51,10 @@ class AnswerEvent:
 
 
 EventCallback = Callable[[AnswerEvent], None]
+
+
+class AnswerDeadline(ModelError):
+    """The answer's wall-clock limit (`answer.deadline_s`) passed; the model was stopped."""
 
 
 @dataclass
@@ -100,7 +104,9 @@ class Answer:
 class _Meter:
     """Timings and token counts per step."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline_s: float = float("inf")) -> None:
+        self.deadline_s = deadline_s
+        self.deadline = time.monotonic() + deadline_s
         self.timings = {f"{s}_s": 0.0 for s in ("retrieve", "draft", "plan", "verify", "revise", "check")}
         self.tokens = {"prefill": 0, "decode": 0, "prompt": 0}
         self.steps: dict[str, dict[str, int]] = {}
@@ -113,6 +119,11 @@ class _Meter:
         row["prefill"] += completion.prefill_tokens
         row["decode"] += completion.decode_tokens
         row["prompt"] += completion.prompt_tokens
+
+    def check_deadline(self) -> None:
+        """Called between steps and between tokens: past the deadline, the current step ends here."""
+        if time.monotonic() > self.deadline:
+            raise AnswerDeadline(f"no answer within {self.deadline_s:g} s (answer.deadline_s); the model was stopped")
 
 
 def excerpt(text: str, query: str, limit: int) -> str:
@@ -182,7 +193,7 @@ class AnswerEngine:
         emit = on_event or (lambda event: None)
         pipeline = pipeline or self.settings.answer.pipeline
         started = time.perf_counter()
-        meter = _Meter()
+        meter = _Meter(self.settings.answer.deadline_s)
         answer = Answer(id=id, question=question, answer="", refused=False, pipeline=pipeline, model="")
 
         query = standalone_query(question, history)
@@ -263,7 +274,13 @@ class AnswerEngine:
 
     def _chat(self, step: str, messages, meter: _Meter, emit: EventCallback, stream: bool, max_tokens: int) -> str:
         t0 = time.perf_counter()
-        on_token = (lambda piece: emit(AnswerEvent("token", piece, step))) if stream else None
+        meter.check_deadline()
+
+        def on_token(piece: str) -> None:
+            meter.check_deadline()  # raising here stops the model between two tokens
+            if stream:
+                emit(AnswerEvent("token", piece, step))
+
         completion = self.model.chat(
             messages,
             max_tokens=max_tokens,
@@ -293,7 +310,11 @@ class AnswerEngine:
         final = draft
         if pipeline == "cove":
             versions += ["plan", "verify", "revise"]
-            final = self._verify_and_revise(answer, base, draft, meter, emit, verify_hits)
+            try:
+                final = self._verify_and_revise(answer, base, draft, meter, emit, verify_hits)
+            except AnswerDeadline as err:  # out of time: what is checked so far is the draft
+                answer.corrections.append(f"{err}: answered from the checked draft, without the revision")
+                final = draft
         answer.prompt_versions = self.prompts.versions(versions)
         answer.generated = final
 
