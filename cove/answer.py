@@ -104,9 +104,10 @@ class Answer:
 class _Meter:
     """Timings and token counts per step."""
 
-    def __init__(self, deadline_s: float = float("inf")) -> None:
+    def __init__(self, deadline_s: float = float("inf"), clock: Callable[[], float] = time.monotonic) -> None:
         self.deadline_s = deadline_s
-        self.deadline = time.monotonic() + deadline_s
+        self.clock = clock
+        self.deadline = clock() + deadline_s
         self.timings = {f"{s}_s": 0.0 for s in ("retrieve", "draft", "plan", "verify", "revise", "check")}
         self.tokens = {"prefill": 0, "decode": 0, "prompt": 0}
         self.steps: dict[str, dict[str, int]] = {}
@@ -122,7 +123,7 @@ class _Meter:
 
     def check_deadline(self) -> None:
         """Called between steps and between tokens: past the deadline, the current step ends here."""
-        if time.monotonic() > self.deadline:
+        if self.clock() > self.deadline:
             raise AnswerDeadline(f"no answer within {self.deadline_s:g} s (answer.deadline_s); the model was stopped")
 
 
@@ -174,6 +175,7 @@ class AnswerEngine:
         self.retriever = retriever or Retriever(settings)
         self._model = model
         self.prompts = load_prompts(settings.answer.prompts_dir)
+        self.clock: Callable[[], float] = time.monotonic  # what `answer.deadline_s` is measured with
 
     @property
     def model(self) -> ChatModel:
@@ -193,7 +195,7 @@ class AnswerEngine:
         emit = on_event or (lambda event: None)
         pipeline = pipeline or self.settings.answer.pipeline
         started = time.perf_counter()
-        meter = _Meter(self.settings.answer.deadline_s)
+        meter = _Meter(self.settings.answer.deadline_s, self.clock)
         answer = Answer(id=id, question=question, answer="", refused=False, pipeline=pipeline, model="")
 
         query = standalone_query(question, history)

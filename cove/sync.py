@@ -23,7 +23,7 @@ import math
 import re
 from dataclasses import fields
 
-from cove.catalog import STATUS_OK, STATUS_PENDING, Catalog, DocumentRecord
+from cove.catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, DocumentRecord
 from cove.lexical import LexicalIndex, sync_lexical_index
 from cove.settings import CoveSettings
 from cove.untrusted import SAFE_DOC_ID
@@ -114,8 +114,8 @@ def _validated(data: object) -> DocumentRecord:
     doc_id = data.get("doc_id")
     if not isinstance(doc_id, str) or not SAFE_DOC_ID.fullmatch(doc_id):
         raise BadRecord("doc_id missing or not of the form [A-Za-z0-9][A-Za-z0-9_.:-]*")
-    if data.get("status", STATUS_OK) != STATUS_OK:
-        raise BadRecord("only indexed (status 'ok') documents are published")
+    if data.get("status", STATUS_OK) not in (STATUS_OK, STATUS_PENDING, STATUS_FAILED):
+        raise BadRecord("status is not one Cove writes")  # published means indexed: it becomes "ok"
     values: dict = {"doc_id": doc_id, "location": "", "status": STATUS_OK}
     for name, limit in _TEXT_LIMITS.items():
         value = data.get(name, "")

@@ -203,7 +203,7 @@ class Fetcher:
             check_addresses(url, self.settings.allow_private_hosts)
             request = self.client.build_request("GET", url, headers=headers, timeout=self._timeout(deadline))
             response = self.client.send(request, stream=True)
-            if not response.is_redirect:
+            if not response.has_redirect_location:  # 3xx with a Location (not 304)
                 return response
             response.close()
             try:
@@ -297,7 +297,8 @@ def refuse_blocked(host: str, addresses: list[str]) -> None:
     for address in addresses:
         problem = address_problem(address)
         if problem:
-            raise BlockedAddress(f"refused: {host} is a {problem} address ({address}); {_ALLOW_HINT}")
+            what = f"{host} is" if host.strip("[]") == address else f"{host} resolves to {address},"
+            raise BlockedAddress(f"refused: {what} a {problem} address; {_ALLOW_HINT}")
 
 
 def check_addresses(url: str, allow_private: bool) -> None:

@@ -10,15 +10,11 @@ import io
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import ROOT
+from servers import CoveChat
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,43 +33,13 @@ if not CHROMIUM.exists():
     pytest.skip("Debian chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app_url(small_library, tmp_path):
     """`cove chat` as a user starts it, on a copy of the small library; its URL."""
     home = tmp_path / "home"
     shutil.copytree(small_library.home_dir, home)
-    port = free_port()
-    log = (tmp_path / "chat.log").open("w")
-    cove = Path(sys.executable).with_name("cove")
-    process = subprocess.Popen(
-        [str(cove), "chat", "--port", str(port), "--home", str(home)], stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (tmp_path / "chat.log").read_text()
-            assert time.time() < deadline, "cove chat did not start in 90 s"
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    with CoveChat(home, log=tmp_path / "chat.log") as app:
+        yield app.url
 
 
 @pytest.fixture
