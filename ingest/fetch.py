@@ -88,6 +88,7 @@ class Fetcher:
     # --- public -----------------------------------------------------------------------------------
     def fetch(self, url: str) -> Fetched:
         check_url(url)
+        check_addresses(url, self.settings.allow_private_hosts)  # a cached copy of a refused URL is refused too
         deadline = time.monotonic() + self.settings.deadline_s
         body_path, meta_path = self._cache_paths(url)
         meta = _read_json(meta_path) if body_path.exists() else None

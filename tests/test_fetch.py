@@ -231,8 +231,11 @@ def test_default_refuses_loopback_and_private_hosts_before_connecting(tmp_path):
 
 
 def test_allow_private_hosts_lets_the_fixture_server_through(tmp_path):
-    with _route_server() as (httpd, base), _fetcher(tmp_path) as f:
-        assert f.fetch(f"{base}/page").path.read_bytes().startswith(b"internal page")
+    with _route_server() as (httpd, base):
+        with _fetcher(tmp_path) as f:
+            assert f.fetch(f"{base}/page").path.read_bytes().startswith(b"internal page")
+        with _default_fetcher(tmp_path) as f, pytest.raises(BlockedAddress):
+            f.fetch(f"{base}/page")  # its fresh cached copy is not handed out by the default either
     assert httpd.hits["/page"] == 1
 
 
