@@ -36,8 +36,8 @@ _NOT_HERE = "No copy of this document is kept in this library (run `cove ingest`
 def document(request: Request) -> Response:
     """The indexed copy of one document, inline (a sync endpoint: Starlette runs it in a thread)."""
     from cove.catalog import Catalog
+    from ingest.copies import document_file
     from ingest.parse import sniff_kind
-    from ingest.pipeline import document_file
 
     settings = load_settings()
     doc_id = request.path_params["doc_id"]

@@ -286,7 +286,7 @@ def add_papers_form(svc: ChatService) -> None:
     folder = ""
     if settings.app.local_roots:
         roots = ", ".join(str(r) for r in settings.app.local_roots)
-        folder = st.text_input(f"Local file or folder (under {roots})", key="add_folder", placeholder=roots)
+        folder = st.text_input(f"Local file or folder (under {md(roots)})", key="add_folder", placeholder=roots)
     uploads = st.file_uploader(
         "PDF files",
         type=["pdf"],

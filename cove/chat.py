@@ -129,7 +129,7 @@ class ChatService:
 
     def document_file(self, doc_id: str) -> tuple[Path, DocumentRecord] | None:
         """The indexed copy of a document (what citation links open), or None."""
-        from ingest.pipeline import document_file
+        from ingest.copies import document_file
 
         record = next((d for d in self.library().documents if d.doc_id == doc_id), None)
         path = document_file(record, self.settings) if record else None

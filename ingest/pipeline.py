@@ -17,9 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import multiprocessing
-import os
-import re
-import shutil
 import sys
 import time
 import types
@@ -33,9 +30,10 @@ from cove.docs import ParsedDocument
 from cove.lexical import drop_other_lexical_indexes
 from cove.settings import CoveSettings
 from cove.store import StoreUnavailable
-from cove.untrusted import plain_text, resolve_inside
+from cove.untrusted import plain_text
 from ingest.arxiv import parse_api_response, split_version
 from ingest.chunk import chunk_document, embedding_text
+from ingest.copies import keep_library_copy
 from ingest.fetch import Fetcher, FetchError
 from ingest.parse import ParseError, parse_file, sniff_kind
 from ingest.sources import Source, dedupe
@@ -118,53 +116,6 @@ def source_from_record(record: DocumentRecord) -> Source:
         authors=record.authors,
         year=record.year,
     )
-
-
-# The library's own copies of indexed documents, named by content hash (`settings.files_dir`).
-_COPY_SUFFIX = {"pdf": ".pdf", "html": ".html", "markdown": ".md", "text": ".txt"}
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def library_copy(settings: CoveSettings, content_hash: str, kind: str) -> Path | None:
-    """Where this home keeps the indexed bytes of a document: COVE_HOME/library/files/<sha256>.<ext>."""
-    if not _SHA256.fullmatch(content_hash or "") or kind not in _COPY_SUFFIX:
-        return None
-    return settings.files_dir / f"{content_hash}{_COPY_SUFFIX[kind]}"
-
-
-def document_file(record: DocumentRecord, settings: CoveSettings) -> Path | None:
-    """The copy of an indexed (`ok`) document that citations open, if this home has it.
-
-    Only the copies ingest made under COVE_HOME are ever served, found by content hash: never a path
-    or URL from the catalog, which a shared store may have filled in. Symlinks are resolved and
-    anything that does not end up inside the copies folder is refused."""
-    if record.status != STATUS_OK:
-        return None
-    path = library_copy(settings, record.content_hash, record.kind)
-    real = resolve_inside(path, [settings.files_dir]) if path else None
-    return real if real is not None and real.is_file() else None
-
-
-def keep_library_copy(settings: CoveSettings, path: Path, content_hash: str, kind: str) -> None:
-    """Keep the bytes being indexed under COVE_HOME, for the page route: a hard link for downloads and
-    uploads (already under COVE_HOME, so free), a copy of the user's own files (which may move or
-    change later, and are never served from where they lie)."""
-    target = library_copy(settings, content_hash, kind)
-    if target is None or target.is_file():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        linked = False
-        if resolve_inside(path, [settings.home_dir]) is not None:
-            with contextlib.suppress(OSError):
-                os.link(path, partial)
-                linked = True
-        if not linked:
-            shutil.copyfile(path, partial)
-        os.replace(partial, target)  # atomic: never a half copy under the final name
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def download_url(source: Source, settings: CoveSettings) -> str:

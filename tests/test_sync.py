@@ -103,7 +103,7 @@ def test_hostile_records_in_a_shared_store_are_skipped_or_neutralised(tmp_path, 
     malformed ones are skipped with a warning, and no record says where a file lives here."""
     from cove.settings import load_settings
     from cove.store import ChunkStore
-    from ingest.pipeline import document_file
+    from ingest.copies import document_file
 
     settings = load_settings({"home": str(tmp_path / "home"), "store": {"chroma_url": ""}})
     store = ChunkStore(settings)

@@ -22,7 +22,8 @@ from test_sync import SharedStoreStandIn
 from cove.catalog import STATUS_OK, Catalog, DocumentRecord
 from cove.settings import load_settings
 from cove.sync import pull_documents
-from ingest.pipeline import ingest, library_copy
+from ingest.copies import library_copy
+from ingest.pipeline import ingest
 from ingest.sources import expand_local
 
 pytestmark = pytest.mark.slow
