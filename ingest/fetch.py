@@ -69,6 +69,7 @@ class Fetcher:
         # Hosts that could not be reached at all after every retry: later requests to them fail at
         # once, so an offline `cove ingest` of 30 papers fails in seconds, not minutes.
         self._unreachable: dict[str, str] = {}
+        self._resolved: dict[tuple[str, int], list[str]] = {}  # pre-check answers of this run, per host
         self.client = httpx.Client(
             timeout=httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s),
             follow_redirects=False,  # followed in `_send`, which checks every hop
@@ -88,7 +89,7 @@ class Fetcher:
     # --- public -----------------------------------------------------------------------------------
     def fetch(self, url: str) -> Fetched:
         check_url(url)
-        check_addresses(url, self.settings.allow_private_hosts)  # a cached copy of a refused URL is refused too
+        check_addresses(url, self.settings.allow_private_hosts, self._resolved)  # cached copies of refused URLs too
         deadline = time.monotonic() + self.settings.deadline_s
         body_path, meta_path = self._cache_paths(url)
         meta = _read_json(meta_path) if body_path.exists() else None
@@ -201,7 +202,7 @@ class Fetcher:
         before anything is sent to it. Returns the open streaming response of the last hop."""
         for _ in range(self.settings.max_redirects + 1):
             check_url(url)  # a redirect to file:// or ftp:// is refused too
-            check_addresses(url, self.settings.allow_private_hosts)
+            check_addresses(url, self.settings.allow_private_hosts, self._resolved)
             request = self.client.build_request("GET", url, headers=headers, timeout=self._timeout(deadline))
             response = self.client.send(request, stream=True)
             if not response.has_redirect_location:  # 3xx with a Location (not 304)
@@ -302,17 +303,22 @@ def refuse_blocked(host: str, addresses: list[str]) -> None:
             raise BlockedAddress(f"refused: {what} a {problem} address; {_ALLOW_HINT}")
 
 
-def check_addresses(url: str, allow_private: bool) -> None:
+def check_addresses(url: str, allow_private: bool, known: dict | None = None) -> None:
     """Refuse a URL whose host resolves to any non-public address. A name that does not resolve is
-    left to the connection attempt, which fails (and is retried) the usual way."""
+    left to the connection attempt, which fails (and is retried) the usual way. `known` keeps the
+    answers of one run, so a library of cached papers costs one look-up per host, not per paper
+    (the connection itself is checked again at connect time)."""
     if allow_private:
         return
     parts = urlsplit(url)
-    try:
-        addresses = resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-    except (OSError, UnicodeError):
-        return
-    refuse_blocked(parts.hostname or "", addresses)
+    key = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    known = {} if known is None else known
+    if key not in known:
+        try:
+            known[key] = resolve(*key)
+        except (OSError, UnicodeError):
+            known[key] = []
+    refuse_blocked(key[0], known[key])
 
 
 class _GuardedBackend(httpcore.SyncBackend):
