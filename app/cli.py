@@ -392,10 +392,19 @@ def chat(
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open a browser tab.")] = False,
     home: HomeOpt = None,
 ) -> None:
-    """Start the web chat app (Streamlit) over the library."""
+    """Start the web chat app (Streamlit) over the library.
+
+    Beyond loopback (`--host 0.0.0.0` or any address but localhost/127.0.0.1/::1) the app requires an
+    access token: COVE_APP__TOKEN, or one generated here and printed in the URL."""
     import os
+    import secrets
+
+    from app.access import listens_on_loopback
 
     settings = _settings(home, app={"port": port, "host": host}, model=_model_options(model, openai_url))
+    token = settings.app.token
+    if not token and not listens_on_loopback(settings.app.host):
+        token = secrets.token_urlsafe(24)
     # The app reads its settings from the environment: hand over what the flags changed.
     env = dict(os.environ, COVE_HOME=str(settings.home_dir))
     for key, value in (("BACKEND", settings.model.backend), ("MODEL", settings.model.model)):
@@ -403,6 +412,7 @@ def chat(
     if settings.model.openai_url:
         env["COVE_MODEL__OPENAI_URL"] = settings.model.openai_url
         env["COVE_MODEL__OPENAI_MODEL"] = settings.model.openai_model
+    env.update(COVE_APP__HOST=settings.app.host, COVE_APP__PORT=str(settings.app.port), COVE_APP__TOKEN=token)
     server = Path(__file__).with_name("server.py")
     command = [
         sys.executable, "-m", "streamlit", "run", str(server),
@@ -414,7 +424,16 @@ def chat(
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",
     ]  # fmt: skip
-    console.print(f"Cove chat: http://{settings.app.host}:{settings.app.port}  (library: {settings.home_dir})")
+    shown_host = settings.app.host if settings.app.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
+    url = f"http://{shown_host}:{settings.app.port}/" + (f"?token={token}" if token else "")
+    console.print(f"Cove chat: {url}  (library: {settings.home_dir})", soft_wrap=True, highlight=False)
+    if not listens_on_loopback(settings.app.host):
+        console.print(
+            "Listening beyond loopback: the URL's token is required. Other machines must use a host name or "
+            "address listed in COVE_APP__ALLOWED_HOSTS (or the address given to --host).",
+            highlight=False,
+        )
     os.execvpe(command[0], command, env)
 
 

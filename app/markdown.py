@@ -1,6 +1,9 @@
 """Answers as Markdown for the chat app: literal text, and citation markers that open the cited page.
 
 Kept apart from the Streamlit script (no Streamlit import) so the formatting is unit-tested directly.
+Every string here comes from documents or a shared store, so nothing is formatted raw: text goes
+through `md`, link targets through `safe_url` / `doc_path` (see `cove.untrusted`), and the app never
+renders HTML.
 """
 
 from __future__ import annotations
@@ -8,15 +11,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-DOC_URL = "/cove/doc/{doc_id}#page={page}"  # served by app/server.py
+from cove.untrusted import doc_path, md, plain_text, safe_url
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#+|$~])")
+__all__ = ["answer_markdown", "citation_link", "md", "source_lines", "verification_line"]
+
 _MARKER = re.compile(r"\\\[(\d+)\\\]")
-
-
-def md(text: str) -> str:
-    """`text` shown literally by st.markdown ("$" would start LaTeX, "*" emphasis, "<" HTML)."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def answer_markdown(text: str, citations: list[dict[str, Any]]) -> str:
@@ -27,23 +26,53 @@ def answer_markdown(text: str, citations: list[dict[str, Any]]) -> str:
 
     def link(match: re.Match) -> str:
         citation = by_n.get(int(match.group(1)))
-        if citation is None:
+        target = citation_link(citation) if citation else None
+        if target is None:
             return f"\\[{match.group(1)}\\]"
-        return f'[\\[{citation["n"]}\\]]({citation_link(citation)} "{_title_attr(citation)}")'
+        return f'[\\[{citation["n"]}\\]]({target} "{_title_attr(citation)}")'
 
     return _MARKER.sub(link, escaped)
 
 
-def citation_link(citation: dict[str, Any]) -> str:
-    """Where a citation opens: the served local copy for PDFs, the article (with anchor) otherwise."""
-    url = citation.get("url", "")
-    if url.startswith(("http://", "https://")) and "#page=" not in url:
-        return url  # an HTML article: its own address and section anchor
-    return DOC_URL.format(doc_id=citation["doc_id"], page=citation["page"])
+def citation_link(citation: dict[str, Any]) -> str | None:
+    """Where a citation opens: the served local copy for PDFs, the article (with anchor) otherwise;
+    None when neither is safe (a `javascript:` URL and an odd document id, say)."""
+    url = str(citation.get("url", ""))
+    if "#page=" not in url:
+        web = safe_url(url)  # an HTML article: its own address and section anchor, re-encoded
+        if web:
+            return web
+    return doc_path(citation.get("doc_id", ""), citation.get("page"))
+
+
+def source_lines(citation: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The sources panel's entry for one citation, as Markdown: heading, quote, links ("" if none are
+    safe) and the file name or URL it came from."""
+    page = _page(citation)
+    title = md(plain_text(str(citation.get("title") or citation.get("source") or ""), 300))
+    heading = f"**\\[{_page(citation, 'n')}\\] {title}**, page {page}"
+    links = []
+    target = citation_link(citation)
+    if target:
+        links.append(f"[Open page {page} ↗]({target})")
+    online = safe_url(str(citation.get("url", "")))
+    if online and "#page=" in online:
+        links.append(f"[online copy ↗]({online})")
+    source = md(plain_text(str(citation.get("source", "")), 300))
+    quote = "> " + md(plain_text(str(citation.get("quote", "")), 1000))
+    return heading, quote, " · ".join(links), source
+
+
+def _page(citation: dict[str, Any], key: str = "page") -> int:
+    try:
+        return int(citation.get(key, 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _title_attr(citation: dict[str, Any]) -> str:
-    return f"{citation.get('title') or citation.get('source')}, p. {citation['page']}".replace('"', "'")
+    title = plain_text(str(citation.get("title") or citation.get("source") or ""), 200)
+    return md(f"{title}, p. {_page(citation)}".replace('"', "'"))
 
 
 VERDICTS = {

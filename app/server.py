@@ -1,9 +1,18 @@
 """What `cove chat` runs: the Streamlit chat app plus one route that opens the library's documents.
 
-Citations link to ``/cove/doc/<doc_id>#page=N``: the copy of the PDF that was indexed (the user's
-file, or the cached download), so the page a citation names is the page the browser opens, offline.
-Only PDFs are served as documents; anything else is sent as plain text, so an archived web page
-cannot run scripts on the app's origin.
+Citations link to ``/cove/doc/<doc_id>#page=N``: the copy of the document that was indexed, so the
+page a citation names is the page the browser opens, offline. What the route serves is narrow on
+purpose (see docs/security.md):
+
+- only documents whose catalog status is `ok`;
+- only the copies ingest made under COVE_HOME (`library/files/<sha256>.<ext>`, found by content
+  hash, symlinks resolved and kept inside that folder): never a path or URL from the catalog, which
+  a shared store may have filled in;
+- PDFs as PDFs, anything else as plain text (sniffed from the bytes, not from the catalog's kind),
+  so an archived web page cannot run scripts on the app's origin.
+
+Every request, the page's websocket included, first passes `app.access.AccessGuard` (Host and
+Origin checks, and the access token when the app listens beyond loopback).
 """
 
 from __future__ import annotations
@@ -11,23 +20,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import streamlit as st
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from app.access import AccessGuard
+from cove.settings import load_settings
+from cove.untrusted import SAFE_DOC_ID
+
 DOC_ROUTE = "/cove/doc/{doc_id}"
+_NOT_HERE = "No copy of this document is kept in this library (run `cove ingest` on it here)."
 
 
 def document(request: Request) -> Response:
     """The indexed copy of one document, inline (a sync endpoint: Starlette runs it in a thread)."""
     from cove.catalog import Catalog
-    from cove.settings import load_settings
-    from ingest.pipeline import document_file
+    from ingest.copies import document_file
+    from ingest.parse import sniff_kind
 
     settings = load_settings()
     doc_id = request.path_params["doc_id"]
-    if not settings.catalog_path.exists():
-        return PlainTextResponse("The library is empty.", status_code=404)
+    if not SAFE_DOC_ID.fullmatch(doc_id) or not settings.catalog_path.exists():
+        return PlainTextResponse(_NOT_HERE, status_code=404)
     catalog = Catalog(settings.catalog_path)
     try:
         record = catalog.get(doc_id)
@@ -35,14 +50,21 @@ def document(request: Request) -> Response:
         catalog.close()
     path = document_file(record, settings) if record else None
     if path is None:
-        return PlainTextResponse(f"No local copy of {doc_id!r} in the library.", status_code=404)
+        return PlainTextResponse(_NOT_HERE, status_code=404)
+    with path.open("rb") as f:
+        kind = sniff_kind(f.read(4096))
     headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-    if record.kind == "pdf":
+    if kind == "pdf":
         name = Path(record.source).name if record.source.lower().endswith(".pdf") else f"{doc_id}.pdf"
         return FileResponse(
             path, media_type="application/pdf", filename=name, content_disposition_type="inline", headers=headers
         )
+    headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     return FileResponse(path, media_type="text/plain; charset=utf-8", headers=headers)
 
 
-app = st.App(str(Path(__file__).with_name("streamlit_app.py")), routes=[Route(DOC_ROUTE, document)])
+app = st.App(
+    str(Path(__file__).with_name("streamlit_app.py")),
+    routes=[Route(DOC_ROUTE, document)],
+    middleware=[Middleware(AccessGuard, settings=load_settings().app)],
+)

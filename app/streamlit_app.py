@@ -17,21 +17,18 @@ models load once; model calls queue, and a session that waits says so.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from app.markdown import answer_markdown, citation_link, md, verification_line
+from app.markdown import answer_markdown, md, source_lines, verification_line
 from cove import events as ev
 from cove.chat import ChatService, LibraryStatus, friendly_error
 from cove.conversations import Message, answer_note, correction_text, export_markdown
 from cove.settings import BUNDLED_CHAT_MODEL, CoveSettings, load_settings
+from cove.untrusted import resolve_inside
 
-MODEL_CHOICES = {
-    "bundled": "Bundled SmolLM2-135M (offline)",
-    "gguf": "A GGUF file",
-    "openai": "An OpenAI-compatible server",
-}
 STAGE_LABELS = {
     ev.Stage.RETRIEVE: "Searching the library…",
     ev.Stage.COVERAGE: "Checking the library covers the question…",
@@ -59,10 +56,6 @@ def init_session(settings: CoveSettings) -> None:
         "pipeline": settings.answer.pipeline,
         "k": settings.retrieve.k,
         "show_verification": settings.app.show_verification,
-        "model_choice": _model_choice(settings),
-        "gguf_path": "" if settings.model.model == BUNDLED_CHAT_MODEL else settings.model.model,
-        "openai_url": settings.model.openai_url,
-        "openai_model": settings.model.openai_model,
         "upload_key": 0,
     }
     for key, value in defaults.items():
@@ -71,21 +64,22 @@ def init_session(settings: CoveSettings) -> None:
         st.session_state.chat_id = st.query_params.get("chat", "")
 
 
-def _model_choice(settings: CoveSettings) -> str:
-    if settings.model.backend == "openai":
-        return "openai"
-    return "bundled" if settings.model.model == BUNDLED_CHAT_MODEL else "gguf"
+def model_in_use(settings: CoveSettings) -> str:
+    """Which model answers, in words. The model comes from the settings file and environment only: a
+    browser session cannot point the app at another server or file (that would be a door into this
+    machine and its network), so the panel only names it."""
+    model = settings.model
+    if model.backend == "openai":
+        return f"{model.openai_model or 'the default model'} on an OpenAI-compatible server"
+    if model.model == BUNDLED_CHAT_MODEL:
+        return "bundled SmolLM2-135M-Instruct (offline)"
+    return Path(model.model).name
 
 
 def overrides() -> dict[str, Any]:
-    """This session's settings, in the nested shape of `CoveSettings`."""
+    """This session's choices, in the nested shape of `CoveSettings` (never the model: see above)."""
     s = st.session_state
-    model: dict[str, Any] = {"backend": "llama-cpp", "model": BUNDLED_CHAT_MODEL}
-    if s.model_choice == "gguf":
-        model["model"] = s.gguf_path.strip() or BUNDLED_CHAT_MODEL
-    elif s.model_choice == "openai":
-        model = {"backend": "openai", "openai_url": s.openai_url.strip(), "openai_model": s.openai_model.strip()}
-    return {"model": model, "retrieve": {"k": int(s.k)}, "answer": {"pipeline": s.pipeline}}
+    return {"retrieve": {"k": int(s.k)}, "answer": {"pipeline": s.pipeline}}
 
 
 def open_chat(chat_id: str) -> None:
@@ -102,13 +96,12 @@ def render_sources(citations: list[dict[str, Any]], expanded: bool = True) -> No
         return
     with st.expander(f"Sources ({len(citations)})", expanded=expanded):
         for c in citations:
-            title = md(c.get("title") or c.get("source", ""))
-            st.markdown(f"**[{c['n']}] {title}**, page {c['page']}")
-            st.markdown("> " + md(c["quote"]))
-            links = [f"[Open page {c['page']} ↗]({citation_link(c)})"]
-            if c.get("url", "").startswith("http") and "#page=" in c["url"]:
-                links.append(f"[online copy ↗]({c['url']})")
-            st.markdown(" · ".join(links) + f"  \n<small>{c.get('source', '')}</small>", unsafe_allow_html=True)
+            heading, quote, links, source = source_lines(c)
+            st.markdown(heading)
+            st.markdown(quote)
+            if links:
+                st.markdown(links)
+            st.caption(source)
 
 
 def render_verification(answer: dict[str, Any]) -> None:
@@ -135,7 +128,7 @@ def render_message(message: Message, show_verification: bool) -> None:
         return
     with st.chat_message("assistant"):
         if message.role == "error":
-            st.error(message.content)
+            st.error(md(message.content))
             return
         render_answer(message.answer, show_verification)
 
@@ -201,7 +194,7 @@ class LiveAnswer:
         self.draft_box.empty()
         if message.role == "error":
             self.status.update(label="Not answered", state="error", expanded=False)
-            st.error(message.content)
+            st.error(md(message.content))
             return
         answer = message.answer
         label = {
@@ -240,7 +233,7 @@ def sidebar_chats(svc: ChatService) -> None:
     st.sidebar.caption("Chats")
     for chat in chats:
         current = chat.id == st.session_state.chat_id
-        label = ("▸ " if current else "") + (chat.title or "Untitled")
+        label = ("▸ " if current else "") + md(chat.title or "Untitled")
         st.sidebar.button(label, key=f"chat-{chat.id}", on_click=open_chat, args=(chat.id,), width="stretch")
     if st.session_state.chat_id and svc.conversations.get(st.session_state.chat_id):
         chat_id = st.session_state.chat_id
@@ -274,7 +267,7 @@ def sidebar_library(svc: ChatService, library: LibraryStatus) -> None:
                 width="stretch",
             )
         for d in library.failed:
-            st.warning(f"{d.source}: {d.error}")
+            st.warning(md(f"{d.source}: {d.error}"))
         add_papers_form(svc)
 
 
@@ -283,12 +276,18 @@ def _count(n: int, noun: str) -> str:
 
 
 def add_papers_form(svc: ChatService) -> None:
-    """arXiv ids or URLs, a local folder or file, PDF uploads -> one ingest run with a progress bar."""
+    """arXiv ids or URLs, a local folder or file, PDF uploads -> one ingest run with a progress bar.
+
+    The path field is offered only when `app.local_roots` names folders the app may read: any browser
+    session could otherwise index (and then open) any file this process can read."""
     s = st.session_state
+    settings = svc.settings
     st.markdown("**Add papers**")
     items = st.text_area("arXiv ids or URLs, one per line", key="add_items", placeholder="2205.14135")
-    folder = st.text_input("Local file or folder", key="add_folder", placeholder="~/papers")
-    settings = svc.settings
+    folder = ""
+    if settings.app.local_roots:
+        roots = ", ".join(str(r) for r in settings.app.local_roots)
+        folder = st.text_input(f"Local file or folder (under {md(roots)})", key="add_folder", placeholder=roots)
     uploads = st.file_uploader(
         "PDF files",
         type=["pdf"],
@@ -304,7 +303,9 @@ def add_papers_form(svc: ChatService) -> None:
 def add_papers(svc: ChatService, items: list[str], paths: list[str], uploads: list) -> None:
     from ingest.sources import SourceError, collect_sources, from_upload
 
-    sources, bad = collect_sources(paths=paths, items=items)
+    allowed, bad = allowed_paths(paths, svc.settings.app.local_roots)
+    sources, problems = collect_sources(paths=allowed, items=items)
+    bad += problems
     limit = svc.settings.app.max_upload_mb * 2**20
     for upload in uploads:
         try:
@@ -317,6 +318,21 @@ def add_papers(svc: ChatService, items: list[str], paths: list[str], uploads: li
     run_ingest(svc, sources, bad)
 
 
+def allowed_paths(paths: list[str], roots: list) -> tuple[list[str], list[tuple[str, str]]]:
+    """The typed paths that resolve (symlinks followed) inside `app.local_roots`, and a reason for the rest."""
+    allowed, refused = [], []
+    for path in paths:
+        real = resolve_inside(path, roots) if roots else None
+        if real is not None:
+            allowed.append(str(real))
+        elif not roots:
+            refused.append((path, "this app adds files by upload only (set app.local_roots to allow folders)"))
+        else:
+            where = ", ".join(str(r) for r in roots)
+            refused.append((path, f"not found inside the folders this app may read ({where})"))
+    return allowed, refused
+
+
 def run_ingest(svc: ChatService, sources: list, bad: list[tuple[str, str]]) -> None:
     bar = st.progress(0.0, text="Starting…")
 
@@ -325,7 +341,7 @@ def run_ingest(svc: ChatService, sources: list, bad: list[tuple[str, str]]) -> N
             return
         start, end = INGEST_STAGES[event.stage]
         share = event.completed / event.total if event.total else 1.0
-        bar.progress(min(1.0, start + (end - start) * share), text=f"{event.stage}: {event.source[-40:]}")
+        bar.progress(min(1.0, start + (end - start) * share), text=md(f"{event.stage}: {event.source[-40:]}"))
 
     from ingest.pipeline import ingest
 
@@ -348,21 +364,16 @@ def show_ingest_report() -> None:
     if not report:
         return
     if report.get("added"):
-        st.success(f"Added {len(report['added'])}: " + "; ".join(report["added"]))
+        st.success(md(f"Added {len(report['added'])}: " + "; ".join(report["added"])))
     if report.get("skipped"):
         st.info(f"Already in the library: {len(report['skipped'])}")
     for error in report.get("errors", []):
-        st.error(error)
+        st.error(md(error))
 
 
-def sidebar_settings() -> None:
+def sidebar_settings(settings: CoveSettings) -> None:
     with st.sidebar.expander("Settings"):
-        st.selectbox("Model", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get, key="model_choice")
-        if st.session_state.model_choice == "gguf":
-            st.text_input("GGUF path (or hf-repo/name:file.gguf)", key="gguf_path")
-        elif st.session_state.model_choice == "openai":
-            st.text_input("Server URL", key="openai_url", placeholder="http://127.0.0.1:8080/v1")
-            st.text_input("Model name", key="openai_model")
+        st.caption(md(f"Model: {model_in_use(settings)}") + " (set by `cove chat --model` or `COVE_MODEL__*`)")
         st.radio(
             "Pipeline",
             ["cove", "baseline"],
@@ -379,8 +390,8 @@ def welcome(svc: ChatService) -> None:
     st.markdown(
         "- **The curated reading list** (Attention Is All You Need, GPT-1/2/3, LoRA, FlashAttention, LLaMA, "
         "CoVe, …), downloaded from arXiv: needs internet.\n"
-        "- **A folder of PDFs** on this machine: type its path under *Library → Add papers* in the sidebar, "
-        "or run `cove ingest --from ~/papers`.\n"
+        "- **A folder of PDFs** on this machine: run `cove ingest --from ~/papers` (or type its path under "
+        "*Library → Add papers* when the app may read that folder: `COVE_APP__LOCAL_ROOTS`).\n"
         "- **Upload PDFs** under *Library → Add papers* in the sidebar.\n"
         "- **arXiv ids or URLs** (`2106.09685`, `https://…/paper.pdf`) in the same place."
     )
@@ -400,12 +411,12 @@ def main() -> None:
     st.sidebar.title("Cove")
     sidebar_chats(svc)
     sidebar_library(svc, library)
-    sidebar_settings()
+    sidebar_settings(svc.settings)
 
     st.title("Ask the papers")
     st.caption(
         "Answers come only from your library, checked sentence by sentence against the pages they cite. "
-        f"Everything runs on this machine. Library: {svc.settings.home_dir}"
+        "Everything runs on this machine. Library: " + md(str(svc.settings.home_dir))
     )
     chat_id = st.session_state.chat_id
     if chat_id and svc.conversations.get(chat_id) is None:
@@ -417,7 +428,9 @@ def main() -> None:
         render_message(message, bool(st.session_state.show_verification))
 
     placeholder = "Add papers to start asking" if library.empty else "Ask about the papers (follow-ups welcome)"
-    question = st.chat_input(placeholder, disabled=library.empty, key="question")
+    question = st.chat_input(
+        placeholder, disabled=library.empty, key="question", max_chars=svc.settings.app.max_question_chars
+    )
     if question and question.strip():
         started = time.perf_counter()
         ask(svc, question.strip())

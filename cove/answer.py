@@ -53,7 +53,7 @@ from cove.events import (
     Verified,
     Waiting,
 )
-from cove.llm import ChatModel, Completion, load_chat_model
+from cove.llm import ChatModel, Completion, ModelError, load_chat_model
 from cove.prompts import load_prompts
 from cove.question import Question, analyze
 from cove.quotes import Pool, QuoteScorer, default_weights
@@ -77,6 +77,10 @@ from cove.verify import (
 )
 
 REFUSAL = "The library does not cover this."
+
+
+class AnswerDeadline(ModelError):
+    """The answer's wall-clock limit (`answer.deadline_s`) passed; the model was stopped."""
 
 
 @dataclass
@@ -171,9 +175,11 @@ class VerificationRound:
 
 
 class _Meter:
-    """Timings and token counts per stage."""
+    """Timings and token counts per stage, and the answer's deadline."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline_s: float = float("inf"), clock=time.monotonic) -> None:
+        self.deadline_s, self.clock = deadline_s, clock
+        self.deadline = clock() + deadline_s
         self.timings = {f"{s.value}_s": 0.0 for s in Stage if s is not Stage.DONE}
         self.tokens = {"prefill": 0, "decode": 0, "prompt": 0}
         self.steps: dict[str, dict[str, int]] = {}
@@ -187,6 +193,11 @@ class _Meter:
 
     def timed(self, stage: Stage, started: float) -> None:
         self.timings[f"{stage.value}_s"] += time.perf_counter() - started
+
+    def check_deadline(self) -> None:
+        """Called between steps and between tokens: past the deadline, the current step ends here."""
+        if self.clock() > self.deadline:
+            raise AnswerDeadline(f"no answer within {self.deadline_s:g} s (answer.deadline_s); the model was stopped")
 
 
 def excerpt(text: str, query: str, limit: int) -> str:
@@ -235,6 +246,7 @@ class AnswerEngine:
         self.settings = settings
         self.retriever = retriever or Retriever(settings)
         self._model = model
+        self.clock = time.monotonic  # what `answer.deadline_s` is measured with (tests step it)
         self.prompts = load_prompts(settings.answer.prompts_dir)
         weights = settings.quotes.weights or default_weights()
         self.scorer = QuoteScorer(weights, self.retriever.embedder.embed, settings.quotes.prefilter)
@@ -262,7 +274,7 @@ class AnswerEngine:
         emit = on_event or (lambda event: None)
         pipeline = pipeline or self.settings.answer.pipeline
         started = time.perf_counter()
-        meter = _Meter()
+        meter = _Meter(self.settings.answer.deadline_s, self.clock)
         answer = Answer(id=id, question=question, answer="", refused=False, pipeline=pipeline)
 
         retrieval = self.retrieve(question, history, meter, emit)
@@ -277,13 +289,20 @@ class AnswerEngine:
             answer.model = getattr(self.model, "name", "")
             answer.draft = answer.generated = draft.text
             versions = ["answer"]
+            late: Correction | None = None
             if pipeline == "cove":
-                verification = self.verify(coverage.question, draft, retrieval, meter, emit)
-                answer.verification = [v.to_json() for v in verification.results]
-                composition, final = self.revise(coverage.question, draft, verification, meter, emit)
-                versions += ["verify"] + (["plan"] if self.settings.answer.cove.model_plan else [])
-            else:
+                try:
+                    verification = self.verify(coverage.question, draft, retrieval, meter, emit)
+                    answer.verification = [v.to_json() for v in verification.results]
+                    composition, final = self.revise(coverage.question, draft, verification, meter, emit)
+                    versions += ["verify"] + (["plan"] if self.settings.answer.cove.model_plan else [])
+                except AnswerDeadline as err:  # out of time: compose from the checked draft, as single-shot does
+                    answer.verification = []
+                    late = Correction(Change.NOTE, reason=f"{err}: answered from the checked draft")
+            if pipeline != "cove" or late is not None:
                 composition, final = self.compose(coverage.question, draft, retrieval, meter, emit), retrieval
+                if late is not None:
+                    composition.corrections.insert(0, late)
             answer.prompt_versions = self.prompts.versions(versions)
 
         self._fill(answer, composition, final, retrieval)
@@ -406,7 +425,13 @@ class AnswerEngine:
 
     def _chat(self, stage: Stage, messages, meter: _Meter, emit: EventCallback, stream: bool, max_tokens: int) -> str:
         t0 = time.perf_counter()
-        on_token = (lambda piece: emit(DraftToken(stage, piece, piece))) if stream else None
+        meter.check_deadline()
+
+        def on_token(piece: str) -> None:
+            meter.check_deadline()  # raising here stops the model between two tokens
+            if stream:
+                emit(DraftToken(stage, piece, piece))
+
         completion = self.model.chat(
             messages,
             max_tokens=max_tokens,
@@ -431,6 +456,7 @@ class AnswerEngine:
         pooled, results, corrections, confirmed = retrieval, [], [], []
         found_hits: dict[int, list[Hit]] = {}
         for vq in questions:
+            meter.check_deadline()
             t0 = time.perf_counter()
             hits = self.retriever.search(vq.text, k=cfg.sources).hits
             meter.timed(Stage.VERIFY, t0)

@@ -5,8 +5,10 @@
     message = service.ask(chat.id, "How many heads?", {"answer": {"pipeline": "baseline"}}, on_event)
 
 `ask` keeps the question, answers it with `cove.answer.AnswerEngine` (the conversation so far goes
-along for follow-ups) and keeps the answer. Whatever goes wrong (the model cannot load, the library
-is empty, a server went away) becomes an `error` message in the conversation with a plain reason:
+along for follow-ups) and keeps the answer. A question may choose the pipeline and the number of
+sources (`SESSION_CHOICES`); the model and everything else come from the service's settings.
+Whatever goes wrong (the model cannot load, the library is empty, a server went away, a question
+too long or past its deadline) becomes an `error` message in the conversation with a plain reason:
 the front end never shows a traceback and never loses the conversation.
 
 The expensive parts are shared between sessions: one retriever (embedding model, Chroma, BM25) and
@@ -22,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove.answer import AnswerEngine
+from cove.answer import AnswerDeadline, AnswerEngine
 from cove.catalog import STATUS_FAILED, STATUS_OK, DocumentRecord
 from cove.conversations import ConversationStore, Message
 from cove.events import EventCallback
@@ -35,6 +37,28 @@ log = logging.getLogger("cove.chat")
 
 class LibraryEmpty(RuntimeError):
     """No document of the library is ready to answer from."""
+
+
+class QuestionTooLong(ValueError):
+    """A question over `app.max_question_chars`."""
+
+
+# What one question may change: a browser session picks the pipeline and the number of sources, never
+# the model, a server URL, a file path or a folder (those come from the settings file and environment).
+SESSION_CHOICES = {"retrieve": {"k"}, "answer": {"pipeline"}}
+
+
+def session_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`overrides` with everything a session may not choose left out."""
+    kept: dict[str, Any] = {}
+    for section, values in (overrides or {}).items():
+        allowed = SESSION_CHOICES.get(section, set())
+        chosen = {k: v for k, v in values.items() if k in allowed} if isinstance(values, dict) else {}
+        if chosen:
+            kept[section] = chosen
+        if not isinstance(values, dict) or len(chosen) < len(values):
+            log.warning("ignored per-question settings outside %s: %r", SESSION_CHOICES, section)
+    return kept
 
 
 @dataclass
@@ -66,8 +90,10 @@ class LibraryStatus:
 
 def friendly_error(err: BaseException) -> str:
     """A reason a reader can act on, without a traceback."""
-    if isinstance(err, LibraryEmpty):
+    if isinstance(err, (LibraryEmpty, QuestionTooLong)):
         return str(err)
+    if isinstance(err, AnswerDeadline):
+        return f"Not answered in time: {err}. Try again, or the single-answer pipeline (faster)."
     if isinstance(err, ModelError):
         return f"The model could not answer: {err}. Check the model setting, or pick the bundled model."
     if isinstance(err, StoreUnavailable):
@@ -117,16 +143,25 @@ class ChatService:
         overrides: dict[str, Any] | None = None,
         on_event: EventCallback | None = None,
     ) -> Message:
-        """Answer `question` in a conversation; returns the kept answer, or the kept error message."""
+        """Answer `question` in a conversation; returns the kept answer, or the kept error message.
+
+        A question longer than `app.max_question_chars` is kept cut short and answered with an error."""
+        limit = self.settings.app.max_question_chars
         history = self.conversations.history(conversation_id)
-        self.conversations.add_user(conversation_id, question)
+        kept = question if len(question) <= limit else question[:limit] + "\u2026"
+        self.conversations.add_user(conversation_id, kept)
         try:
+            if len(question) > limit:
+                raise QuestionTooLong(
+                    f"The question is {len(question):,} characters long; the limit is {limit:,} "
+                    "(app.max_question_chars). Ask a shorter question."
+                )
             if self.library().empty:
                 raise LibraryEmpty("The library is empty: add papers first (sidebar, or `cove ingest`).")
-            settings = with_overrides(self.settings, overrides)
+            settings = with_overrides(self.settings, session_overrides(overrides))
             engine = AnswerEngine(settings, retriever=self.retriever())
             answer = engine.ask(question, history, on_event=on_event, id=f"{conversation_id}-{int(time.time())}")
-        except Exception as err:  # every failure becomes a message in the conversation
-            log.warning("answering %r failed", question, exc_info=True)
+            return self.conversations.add_answer(conversation_id, answer)
+        except Exception as err:  # every failure, storing the answer included, becomes a message
+            log.warning("answering %r failed", question[:200], exc_info=True)
             return self.conversations.add_error(conversation_id, friendly_error(err))
-        return self.conversations.add_answer(conversation_id, answer)

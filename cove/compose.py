@@ -46,6 +46,7 @@ class Change(StrEnum):
     CONFIRMED = "confirmed"  # independent evidence confirms a draft sentence
     NOT_FOUND = "not_found"  # a part of the question with no evidence
     REFUSED = "refused"  # the whole question
+    NOTE = "note"  # something the reader should know about how the answer was made
 
 
 @dataclass
@@ -63,6 +64,8 @@ class Correction:
         if self.change is Change.CONTRADICTED:
             where = f"page {self.page} says" if self.page else "the source says"
             return f"draft said \u201c{self.claim}\u201d; {where} \u201c{self.replacement}\u201d"
+        if self.change is Change.NOTE:
+            return self.reason
         if self.change in (Change.REFUSED, Change.NOT_FOUND):
             return f"{self.change.value}: {self.reason}"
         shown = f"{self.change.value} \u201c{self.claim}\u201d"

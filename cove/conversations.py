@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cove.catalog import open_sqlite
+from cove.untrusted import md, plain_text, safe_url
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -157,19 +158,22 @@ def _title(question: str) -> str:
 
 
 def export_markdown(store: ConversationStore, conversation_id: str) -> str:
-    """The conversation as Markdown: each question, each answer with its numbered sources."""
+    """The conversation as Markdown: each question, each answer with its numbered sources.
+
+    Questions, answers, titles and quotes are escaped and only http(s) links are written, so a hostile
+    document name or quote stays text in whatever Markdown viewer opens the file."""
     chat = store.get(conversation_id)
     if chat is None:
         raise KeyError(f"no conversation {conversation_id!r}")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(chat.created_at))
-    lines = [f"# {chat.title or 'Conversation'}", "", f"_Cove conversation, started {when}._", ""]
+    lines = [f"# {md(plain_text(chat.title, 200)) or 'Conversation'}", "", f"_Cove conversation, started {when}._", ""]
     for message in store.messages(conversation_id):
         if message.role == "user":
-            lines += [f"**Question:** {message.content}", ""]
+            lines += [f"**Question:** {md(message.content)}", ""]
         elif message.role == "error":
-            lines += [f"> **Not answered:** {message.content}", ""]
+            lines += [f"> **Not answered:** {md(plain_text(message.content, 2000))}", ""]
         else:
-            lines += [f"**Answer:** {message.content}", ""]
+            lines += [f"**Answer:** {md(message.content)}", ""]
             lines += citation_lines(message.citations)
             note = answer_note(message.answer)
             if note:
@@ -183,8 +187,11 @@ def citation_lines(citations: list[dict[str, Any]]) -> list[str]:
         return []
     lines = ["Sources:", ""]
     for c in citations:
-        link = f" <{c['url']}>" if c.get("url") else ""
-        lines.append(f"{c['n']}. {c.get('title') or c.get('source')}, p. {c['page']}: \u201c{c['quote']}\u201d{link}")
+        url = safe_url(str(c.get("url", "")))
+        link = f" <{url}>" if url else ""
+        title = md(plain_text(str(c.get("title") or c.get("source") or ""), 300))
+        quote = md(plain_text(str(c.get("quote", "")), 1000))
+        lines.append(f"{int(c['n'])}. {title}, p. {int(c['page'])}: \u201c{quote}\u201d{link}")
     return lines + [""]
 
 

@@ -16,14 +16,18 @@ queue instead of crashing; `on_wait` tells a caller that it is queued.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cove.settings import BUNDLED_CHAT_MODEL, ModelSettings
+
+log = logging.getLogger("cove.llm")
 
 Message = dict[str, str]
 TokenCallback = Callable[[str], None]
@@ -244,10 +248,15 @@ class OpenAIChatModel(ChatModel):
                 "POST", f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=timeout
             ) as response:
                 if response.status_code >= 400:
-                    response.read()
-                    raise ModelError(
-                        f"model server {self.base_url} answered HTTP {response.status_code}: {response.text[:300]}"
+                    # The body goes to the log, not into the chat: a server (or whatever answers at
+                    # that URL) must not be able to put its text in front of the user as Cove's.
+                    log.warning(
+                        "model server %s answered HTTP %s: %r",
+                        self.base_url,
+                        response.status_code,
+                        response.read()[:1000],
                     )
+                    raise ModelError(f"model server {self.base_url} answered HTTP {response.status_code}")
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -286,19 +295,27 @@ class OpenAIChatModel(ChatModel):
         )
 
 
-_MODELS: dict[str, ChatModel] = {}
+_MODELS: OrderedDict[str, ChatModel] = OrderedDict()  # least recently used first
 _MODELS_LOCK = threading.Lock()
 
 
 def load_chat_model(settings: ModelSettings) -> ChatModel:
-    """The configured model, shared per process (one llama.cpp context per model file)."""
-    key = settings.model_dump_json()  # every field: two settings that differ in any knob get two models
+    """The configured model, shared per process (one llama.cpp context per model file).
+
+    At most `settings.max_loaded` models stay loaded: each may hold hundreds of MB, so the least
+    recently used one is dropped (callers still holding it finish their answer with it)."""
+    key = settings.model_dump_json()  # every field: settings that differ in any knob get their own model
     with _MODELS_LOCK:
-        if key not in _MODELS:
-            if settings.backend == "openai":
-                if not settings.openai_url:
-                    raise ModelError("model.backend is 'openai' but model.openai_url is not set")
-                _MODELS[key] = OpenAIChatModel(settings)
-            else:
-                _MODELS[key] = LlamaCppModel(settings)
-        return _MODELS[key]
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return _MODELS[key]
+        if settings.backend == "openai":
+            if not settings.openai_url:
+                raise ModelError("model.backend is 'openai' but model.openai_url is not set")
+            model: ChatModel = OpenAIChatModel(settings)
+        else:
+            model = LlamaCppModel(settings)
+        _MODELS[key] = model
+        while len(_MODELS) > settings.max_loaded:
+            _MODELS.popitem(last=False)
+        return model

@@ -39,6 +39,18 @@ class FetchSettings(BaseModel):
     arxiv_delay_s: float = Field(3.0, ge=0, description="Polite pause between two requests to arXiv hosts.")
     max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest download accepted, in bytes.")
     max_redirects: int = Field(10, ge=0, description="Redirects followed before giving up (loops end here).")
+    deadline_s: float = Field(
+        300.0,
+        gt=0,
+        description="Wall-clock limit of one download, all attempts and redirects included: a server that "
+        "drips bytes slowly enough to dodge the read timeout is cut off here.",
+    )
+    allow_private_hosts: bool = Field(
+        False,
+        description="Fetch from loopback, private, link-local and other non-public addresses. Off by default, so "
+        "a URL or redirect in a document cannot reach this machine or the local network (SSRF); turn on to "
+        "ingest from a server on your own network.",
+    )
     user_agent: str = Field(
         "Cove/0.1 (local research assistant; +https://github.com/cove-research/cove)",
         description="User-Agent header sent with every request.",
@@ -137,6 +149,9 @@ class ModelSettings(BaseModel):
     temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy and repeatable.")
     repeat_penalty: float = Field(1.1, ge=1, description="Penalty on repeating recent tokens (small models loop).")
     seed: int = Field(0, description="Sampling seed (repeatable answers when temperature > 0).")
+    max_loaded: int = Field(
+        2, ge=1, description="Chat models kept loaded per process (least recently used ones are dropped)."
+    )
     state_cache_mb: int = Field(
         512,
         ge=0,
@@ -199,6 +214,12 @@ class AnswerSettings(BaseModel):
     support_similarity: float = Field(
         0.45, description="Least cosine similarity between a sentence and the chunk it cites to count as supported."
     )
+    deadline_s: float = Field(
+        600.0,
+        gt=0,
+        description="Wall-clock limit of one answer, waiting for the model included. When it passes, the model "
+        "is stopped between tokens: CoVe answers from its checked draft, or the question ends with an error.",
+    )
     cove: CoveStepSettings = Field(default_factory=CoveStepSettings, description="Chain-of-verification steps.")
 
 
@@ -253,6 +274,22 @@ class AppSettings(BaseModel):
         True, description="Show the chain-of-verification steps (draft, questions, answers) under each answer."
     )
     max_upload_mb: int = Field(64, ge=1, description="Largest PDF accepted by upload, in megabytes.")
+    max_question_chars: int = Field(2000, ge=10, description="Longest question a chat accepts, in characters.")
+    local_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders whose files the web app may add to the library by path (JSON list in the env, e.g. "
+        'COVE_APP__LOCAL_ROOTS=\'["~/papers"]\'). Empty: the app adds uploads only and hides the path field.',
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (optionally host:port) the app answers to, besides localhost, 127.0.0.1, [::1] "
+        "and the address it listens on. Any other Host header is refused (DNS rebinding).",
+    )
+    token: str = Field(
+        "",
+        description="Access token for the app. When set it is required on every request (?token= once, then a "
+        "cookie, or the X-Cove-Token header); `cove chat` generates one when the app listens beyond loopback.",
+    )
 
 
 class CoveSettings(BaseSettings):
@@ -298,6 +335,11 @@ class CoveSettings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.home_dir / "uploads"
+
+    @property
+    def files_dir(self) -> Path:
+        """Copies of the indexed documents, by content hash: the only files the page route serves."""
+        return self.home_dir / "library" / "files"
 
     # --- index identity ------------------------------------------------------------------------
     def index_identity(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -215,7 +216,7 @@ class ChunkStore:
             where={"$and": [{"collection": self.settings.collection_name}, {"kind": "document"}]},
             include=["documents"],
         )
-        return [json.loads(text) for text in got["documents"]]
+        return [record for record in map(_json_or_none, got["documents"]) if record is not None]
 
     # --- reading -----------------------------------------------------------------------------------
     @_remote
@@ -284,3 +285,13 @@ class ChunkStore:
                 strict=True,
             )
         ]
+
+
+def _json_or_none(text: object) -> object:
+    """A published record's JSON, or None for text that is not JSON (a shared store is not trusted:
+    `cove.sync` checks what the JSON holds)."""
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        logging.getLogger("cove.store").warning("skipped a document record that is not JSON")
+        return None

@@ -4,7 +4,8 @@ Web articles (transformer-circuits.pub, blog posts, LessWrong) wrap their text i
 footers, scripts and comment widgets. We parse with a real HTML parser (BeautifulSoup over lxml),
 pick the element that holds the article, then walk it in document order, turning block elements into
 paragraphs and headings into `Section`s whose anchor is the heading's id (or the nearest id around it),
-so a citation can link to ``url#anchor``.
+so a citation can link to ``url#anchor``. Anchors are kept only when they are plain ids
+(`cove.untrusted.safe_anchor`): the page is untrusted, and the anchor ends up in a link.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import Comment, Doctype, ProcessingInstruction
 
 from cove.docs import Page, ParsedDocument, Section
+from cove.untrusted import safe_anchor
 from ingest.clean import clean_page_text
 
 DROP_TAGS = {
@@ -189,7 +191,8 @@ class _TextBuilder:
         title = WS.sub(" ", tag.get_text(" ")).strip()
         if not title:
             return
-        anchor = tag.get("id") or _inner_anchor(tag) or self.last_anchor
+        # Only a plain id becomes a link fragment: a hostile one could close the link it is put in.
+        anchor = safe_anchor(tag.get("id") or _inner_anchor(tag) or self.last_anchor)
         self._break()
         self.sections.append(Section(self.length, title, anchor))
         self._emit(title)

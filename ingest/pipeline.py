@@ -31,9 +31,11 @@ from cove.docs import ParsedDocument
 from cove.lexical import drop_other_lexical_indexes
 from cove.settings import CoveSettings
 from cove.store import StoreUnavailable
+from cove.untrusted import plain_text
 from ingest.arxiv import parse_api_response, split_version
 from ingest.chunk import chunk_document, embedding_text
-from ingest.fetch import Fetcher, FetchError, cache_paths
+from ingest.copies import keep_library_copy
+from ingest.fetch import Fetcher, FetchError
 from ingest.parse import ParseError, parse_file, sniff_kind
 from ingest.sources import Source, dedupe, reading_list_aliases
 
@@ -115,14 +117,6 @@ def source_from_record(record: DocumentRecord) -> Source:
         authors=record.authors,
         year=record.year,
     )
-
-
-def document_file(record: DocumentRecord, settings: CoveSettings) -> Path | None:
-    """The copy of a document that was indexed (the user's file, or the cached download), if still there.
-    Citations open this copy: its page numbers are the ones the index knows."""
-    source = source_from_record(record)
-    path = Path(source.location) if source.local else cache_paths(settings.cache_dir, download_url(source, settings))[0]
-    return path if path.is_file() else None
 
 
 def download_url(source: Source, settings: CoveSettings) -> str:
@@ -245,6 +239,7 @@ class IngestPipeline:
             try:
                 path, kind = self._obtain(source)
                 content_hash = _file_hash(path)
+                keep_library_copy(self.settings, path, content_hash, kind)
             except (FetchError, ParseError, OSError) as err:
                 self._record_failure(source, previous, _reason(err), report)
                 continue
@@ -360,7 +355,7 @@ class IngestPipeline:
     def _index(self, item: _Work, parsed: ParsedDocument, report: IngestReport) -> None:
         source = item.source
         self._arxiv_metadata(source)
-        title = source.title or parsed.title or source.source
+        title = plain_text(source.title or parsed.title or source.source, 300)  # shown everywhere: one plain line
         record = self._record(source, item, parsed, title)
         record.status = STATUS_PENDING
         self.catalog.upsert(record)  # before the store: a crash from here on leaves "pending"

@@ -1,4 +1,5 @@
-"""Real servers on 127.0.0.1 for tests and benchmarks: a Chroma server and a llama.cpp model server.
+"""Real servers on 127.0.0.1 for tests and benchmarks: a Chroma server, a llama.cpp model server and
+the chat app as `cove chat` starts it.
 
 Both are the programs a lab would run (`chroma run`, `python -m llama_cpp.server`), started as child
 processes on a free port, waited for until they answer, and stoppable and restartable on the same
@@ -7,6 +8,7 @@ port and data, so tests can take them away mid-operation and bring them back.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -28,29 +30,34 @@ class ServerProcess:
     """A child process serving HTTP on 127.0.0.1:`port`, ready when `ready_path` answers 200."""
 
     ready_path = "/"
+    ready_status = frozenset({200})
     name = "server"
+    host = "127.0.0.1"
 
     def __init__(self, port: int | None = None, log: Path | None = None) -> None:
         self.port = port or free_port()
         self.log = log
         self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] | None = None  # None: this process's environment
+        self.ready_headers: dict[str, str] = {}
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     def start(self, timeout: float = 120) -> ServerProcess:
         out = self.log.open("ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} while starting")
             try:
-                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
+                got = httpx.get(self.url + self.ready_path, headers=self.ready_headers, timeout=1)
+                if got.status_code in self.ready_status:
                     return self
             except httpx.HTTPError:
                 pass
@@ -125,3 +132,32 @@ class LlamaServer(ServerProcess):
     @property
     def openai_url(self) -> str:
         return self.url + "/v1"
+
+
+class CoveChat(ServerProcess):
+    """`cove chat` over the library in `home`, as a user starts it (the CLI execs Streamlit)."""
+
+    ready_path = "/_stcore/health"
+    ready_status = frozenset({200, 403})  # 403: up, but wants the token `cove chat` generated and printed
+    name = "cove chat"
+
+    def __init__(
+        self,
+        home: Path,
+        host: str = "127.0.0.1",
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(free_port(), log)
+        self.home = home
+        self.host = host
+        self.env = {**os.environ, **(env or {})}
+        if self.env.get("COVE_APP__TOKEN"):
+            self.ready_headers = {"X-Cove-Token": self.env["COVE_APP__TOKEN"]}
+
+    def command(self) -> list[str]:
+        cove = Path(sys.executable).with_name("cove")
+        args = ["chat", "--port", str(self.port), "--host", self.host, "--home", str(self.home)]
+        if cove.exists():
+            return [str(cove), *args]
+        return [sys.executable, "-m", "app.cli", *args]

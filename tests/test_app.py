@@ -3,6 +3,8 @@ bundled model over a real small library (Transformer, LoRA, a note), real conver
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 
 import pytest
@@ -11,7 +13,9 @@ from streamlit.testing.v1 import AppTest
 
 from app.markdown import answer_markdown, citation_link, md
 from cove.answer import REFUSAL
+from cove.catalog import Catalog, DocumentRecord
 from cove.conversations import ConversationStore, export_markdown
+from cove.untrusted import plain_text
 
 APP = str(ROOT / "app" / "streamlit_app.py")
 HEADS = "How many attention heads does the base Transformer use?"
@@ -139,22 +143,138 @@ def test_follow_up_then_reopen_after_restart_and_export(library_home, monkeypatc
     exported = export_markdown(ConversationStore(library_home / "chats.sqlite"), chat_id)
     assert exported.startswith(f"# {HEADS}") and "**Question:** and its decoder?" in exported
     cited = messages[1].answer["citations"][0]
-    assert f"p. {cited['page']}" in exported and cited["quote"] in exported
+    assert f"p. {cited['page']}" in exported and md(plain_text(cited["quote"], 1000)) in exported
     assert again.get("download_button")  # the export button is offered for the open chat
 
 
 def test_model_failure_is_a_message_and_the_chat_goes_on(library_home, monkeypatch, tmp_path):
-    at = start(library_home, monkeypatch)
-    at.selectbox(key="model_choice").set_value("gguf").run()
-    at.text_input(key="gguf_path").set_value(str(tmp_path / "missing.gguf")).run()
-    ask(at, HEADS)
+    import streamlit as st
+
+    st.cache_resource.clear()  # the service is built from these settings
+    monkeypatch.setenv("COVE_MODEL__MODEL", str(tmp_path / "missing.gguf"))
+    at = ask(start(library_home, monkeypatch), HEADS)
     assert at.error and "model could not answer" in at.error[0].value
     assert "missing.gguf" in at.error[0].value
-    at.selectbox(key="model_choice").set_value("bundled").run()
-    ask(at, HEADS)
-    roles = [m.role for m in chat_messages(library_home, at)]
+    chat_id = at.session_state.chat_id
+
+    monkeypatch.delenv("COVE_MODEL__MODEL")  # the settings are fixed; a restart picks up the change
+    st.cache_resource.clear()
+    again = start(library_home, monkeypatch)
+    again.button(key=f"chat-{chat_id}").click().run()
+    ask(again, HEADS)
+    roles = [m.role for m in chat_messages(library_home, again)]
     assert roles == ["user", "error", "user", "assistant"]  # the question and the failure are kept
-    assert len(at.chat_message) == 4
+    assert len(again.chat_message) == 4
+
+
+def test_settings_name_the_model_and_a_session_cannot_choose_another(library_home, monkeypatch):
+    """The model, a server URL or a GGUF path are not per-session choices (an SSRF and file door):
+    the panel has no such inputs, and session state set by hand changes nothing."""
+    import streamlit as st
+
+    st.cache_resource.clear()
+    at = start(library_home, monkeypatch)
+    keys = {w.key for w in at.text_input} | {w.key for w in at.selectbox}
+    assert not keys & {"model_choice", "gguf_path", "openai_url", "openai_model", "add_folder"}, keys
+    assert not [w for w in at.text_input if "URL" in w.label or "path" in w.label.lower()]
+    assert any("Model: bundled SmolLM2-135M-Instruct" in c.value for c in at.caption)
+    # A crafted session (the old widget keys set directly) still gets the configured model.
+    at.session_state["model_choice"] = "openai"
+    at.session_state["openai_url"] = "http://127.0.0.1:9/v1"
+    at.session_state["gguf_path"] = "/etc/passwd"
+    ask(at, HEADS)
+    answer = chat_messages(library_home, at)[1].answer
+    assert answer["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf", answer.get("model")
+
+
+def test_local_paths_are_added_only_from_configured_roots(cove_home, monkeypatch, tmp_path):
+    at = start(cove_home, monkeypatch)
+    assert "add_folder" not in {w.key for w in at.text_input}  # default: uploads only
+
+    import streamlit as st
+
+    root, elsewhere = tmp_path / "papers", tmp_path / "private"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "notes.md").write_text("# Notes\n\n" + NOTE * 8)
+    (elsewhere / "diary.md").write_text("# Diary\n\n" + "Private thoughts of the user. " * 20)
+    (root / "escape").symlink_to(elsewhere)  # inside the root, leading out of it
+    monkeypatch.setenv("COVE_APP__LOCAL_ROOTS", json.dumps([str(root)]))
+    st.cache_resource.clear()
+    at = start(cove_home, monkeypatch)
+    for path in (elsewhere / "diary.md", root / "escape" / "diary.md", root / ".." / "private"):
+        at.text_input(key="add_folder").set_value(str(path))
+        at.button(key="add_papers").click().run()
+        assert any("not found inside the folders this app may read" in e.value for e in at.error), path
+    at.text_input(key="add_folder").set_value(str(root / "notes.md"))
+    at.button(key="add_papers").click().run()
+    assert any("Added 1" in s.value for s in at.success)
+    catalog = Catalog(cove_home / "library.sqlite")
+    sources = [d.source for d in catalog.all()]
+    catalog.close()
+    assert sources == ["notes.md"], sources  # the diary was never indexed
+
+
+def test_question_box_is_capped(library_home, monkeypatch):
+    """The browser cuts typing at `app.max_question_chars`; the service refuses longer ones anyway
+    (tests/test_chat_safety.py), since a crafted session can send anything."""
+    import streamlit as st
+
+    monkeypatch.setenv("COVE_APP__MAX_QUESTION_CHARS", "60")
+    st.cache_resource.clear()
+    at = start(library_home, monkeypatch)
+    assert at.chat_input(key="question").proto.max_chars == 60
+    st.cache_resource.clear()
+
+
+XSS = "<img src=x onerror=parent.__pwned=1>"
+ANCHOR = "x)<iframe srcdoc=\"<img src=x onerror=parent.__pwned=1>\"></iframe>"
+
+
+def test_hostile_strings_are_shown_as_text_never_as_html(library_home, monkeypatch):
+    """A kept answer whose citations carry the issue's payloads (title, file name, anchor, quote,
+    a javascript: URL) and a failed document with a hostile name: no element may render HTML, every
+    "<" reaches Markdown escaped, and every link goes to http(s) or the app's own page route."""
+    import streamlit as st
+
+    store = ConversationStore(library_home / "chats.sqlite")
+    chat = store.create()
+    store.add_user(chat.id, f"What about {XSS}?")
+    citations = [
+        {"n": 1, "title": f"[click](javascript:parent.__pwned=1) {XSS}", "source": f"{XSS}.pdf",
+         "doc_id": "file-x-1", "page": 2, "quote": f"Quoted <b>{XSS}</b> $x$", "url": "file:///tmp/x.pdf#page=2"},
+        {"n": 2, "title": "Article", "source": "https://example.org/post", "doc_id": "web-x-2", "page": 1,
+         "quote": "q", "url": f"https://example.org/post#{ANCHOR}"},
+        {"n": 3, "title": "JS", "source": "js", "doc_id": "../../etc", "page": 1, "quote": "q",
+         "url": "javascript:parent.__pwned=1"},
+    ]  # fmt: skip
+    store.add_answer(chat.id, {"answer": f"It says {XSS} [1]. And [2]. And [3].", "citations": citations,
+                               "pipeline": "baseline", "mode": "quoted"})  # fmt: skip
+    store.add_error(chat.id, f"Adding papers failed: {XSS}")
+    store.close()
+    catalog = Catalog(library_home / "library.sqlite")
+    catalog.upsert(DocumentRecord(f"file-{chat.id}", f"{XSS}.pdf", "/x", "failed", error=f"bad {XSS}"))
+    catalog.close()
+
+    st.cache_resource.clear()
+    monkeypatch.setenv("COVE_HOME", str(library_home))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["chat"] = chat.id
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.chat_message) == 3
+    texts = [m.proto for m in at.markdown] + [c.proto for c in at.caption]
+    assert texts and not [p.body for p in texts if p.allow_html]
+    shown = [p.body for p in texts] + [e.value for e in (*at.error, *at.warning)]
+    for body in shown:
+        assert not re.search(r"(?<!\\)<", body), body  # every "<" escaped: no tag can open
+        for target in re.findall(r"(?<!\\)\]\(([^)\s]*)", body):  # Markdown link targets ("\]" is text)
+            assert target.startswith(("https://", "http://", "/cove/doc/")), (target, body)
+            assert "<" not in target and '"' not in target
+    joined = "\n".join(shown)
+    assert "/cove/doc/file-x-1#page=2" in joined  # the PDF citation still opens its page
+    assert "https://example.org/post#x%29%3Ciframe" in joined  # the anchor percent-encoded
+    assert "\\[3\\]" in joined and "/cove/doc/../" not in joined  # no safe link for source 3: plain marker
 
 
 def test_upload_adds_a_pdf_and_rejects_a_fake_one(cove_home, monkeypatch):

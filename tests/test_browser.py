@@ -10,15 +10,11 @@ import io
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import ROOT
+from servers import CoveChat
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,43 +33,13 @@ if not CHROMIUM.exists():
     pytest.skip("Debian chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app_url(small_library, tmp_path):
     """`cove chat` as a user starts it, on a copy of the small library; its URL."""
     home = tmp_path / "home"
     shutil.copytree(small_library.home_dir, home)
-    port = free_port()
-    log = (tmp_path / "chat.log").open("w")
-    cove = Path(sys.executable).with_name("cove")
-    process = subprocess.Popen(
-        [str(cove), "chat", "--port", str(port), "--home", str(home)], stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).text == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (tmp_path / "chat.log").read_text()
-            assert time.time() < deadline, "cove chat did not start in 90 s"
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    with CoveChat(home, log=tmp_path / "chat.log") as app:
+        yield app.url
 
 
 @pytest.fixture
@@ -156,3 +122,79 @@ def test_two_sessions_at_once_both_answered(app_url, browser):
     # The model answers one call at a time; a session that had to wait said so.
     assert any("after waiting for the model" in label for label in labels), labels
     pages[1][0].screenshot(path=str(ARTIFACTS / "chat-second-session.png"), full_page=True)
+
+
+# --- hostile documents stay inert ------------------------------------------------------------------------
+
+HOSTILE = ROOT / "tests" / "fixtures" / "hostile"
+PWNED_NAME = "web-<img src=x onerror=parent.__pwned=1>.pdf"
+HOSTILE_ANCHOR = 'x)<iframe srcdoc="<img src=x onerror=parent.__pwned=1>"></iframe>'
+
+
+@pytest.fixture
+def hostile_app(tmp_path):
+    """`cove chat` over a library of the issue's payloads: an article fetched over HTTP whose heading id
+    breaks out of a link, a PDF named like an <img onerror> tag whose /Title holds Markdown links and
+    HTML, and a Markdown note full of javascript: links. The article's chunks also get the raw hostile
+    anchor planted in the store, as another instance of a shared store could write them."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from cove.settings import load_settings
+    from cove.store import ChunkStore
+    from ingest.pipeline import ingest
+    from ingest.sources import from_path, from_url
+
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(HOSTILE))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    settings = load_settings({"home": str(home), "fetch": {"allow_private_hosts": True}})
+    article = from_url(f"http://127.0.0.1:{httpd.server_address[1]}/web-xss-anchor.html")
+    try:
+        files = [from_path(HOSTILE / PWNED_NAME), from_path(HOSTILE / "web-javascript-links.md")]
+        report = ingest([article, *files], settings)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert len(report.ingested) == 3, report.results
+    store = ChunkStore(settings)
+    got = store.collection.get(where={"doc_id": article.doc_id}, include=["metadatas"])
+    merges = [m for m in got["metadatas"] if m["section"].startswith("How the Zorblax")]
+    assert merges and not any(m["anchor"] for m in merges), "ingest keeps no unsafe anchor"
+    store.collection.update(ids=got["ids"], metadatas=[{**m, "anchor": HOSTILE_ANCHOR} for m in got["metadatas"]])
+    with CoveChat(home, log=tmp_path / "chat.log") as app:
+        yield app.url
+
+
+def assert_inert(page) -> None:
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.locator("iframe[srcdoc]").count() == 0
+    assert page.locator("img[onerror]").count() == 0
+    assert page.locator('a[href^="javascript:"]').count() == 0
+
+
+def test_hostile_names_titles_and_anchors_stay_text(hostile_app, browser):
+    page = browser.new_page(viewport={"width": 1300, "height": 1400})
+    page.goto(hostile_app)
+    page.get_by_test_id("stChatInputTextArea").wait_for(timeout=60_000)
+    assert_inert(page)
+
+    ask(page, "How many warmup steps does the Quillfeather optimizer use?")
+    assert wait_for_answer(page).startswith("Answered")
+    page.wait_for_timeout(1000)  # let anything that would run, run
+    assert_inert(page)
+    chat = page.locator('[data-testid="stChatMessage"]')
+    assert chat.get_by_text("onerror=parent.__pwned=1>.pdf").count() >= 1, "the file name is shown as text"
+    assert chat.get_by_text("[Quillfeather](javascript:parent.__pwned=1)").count() >= 1, "so is the title"
+
+    ask(page, "How many merges does the Zorblax tokenizer use?")
+    second = chat.nth(3)  # the new answer, under the second question
+    second.locator("summary", has_text=re.compile(r"\(\d+\.\d s")).wait_for(timeout=ANSWER_TIMEOUT_MS)
+    page.wait_for_timeout(1000)
+    assert_inert(page)
+    hrefs = chat.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    assert any("web-xss-anchor.html#x%29%3Ciframe" in h for h in hrefs), hrefs  # the anchor, percent-encoded
+    page.screenshot(path=str(ARTIFACTS / "chat-hostile.png"), full_page=True)

@@ -52,7 +52,7 @@ def test_conversations_persist_and_reopen(tmp_path):
 
     markdown = export_markdown(reopened, chat.id)
     assert markdown.startswith("# How many heads does the base Transformer use?")
-    assert "**Answer:** The base model uses 8 heads [1]." in markdown
+    assert "**Answer:** The base model uses 8 heads \\[1\\]." in markdown  # escaped: shows as [1]
     assert "1. Attention Is All You Need, p. 5: \u201cIn this work we employ h = 8" in markdown
     assert "<https://arxiv.org/pdf/1706.03762#page=5>" in markdown
     assert "1 sentence(s) corrected or removed" in markdown

@@ -24,8 +24,8 @@ from evals.dataset import (
 )
 from evals.freeze import choose_heldout, heldout_hash
 from evals.metrics import item_metrics, normalize, source_key, summarize
-from evals.targets import TARGETS, judge
 from evals.report import write_outputs
+from evals.targets import TARGETS, judge
 from evals.variants import VariantError, parse_variant, unique_names
 
 DEV = ROOT / "evals" / "datasets" / "dev.jsonl"
@@ -211,10 +211,9 @@ def test_matching_ignores_case_ligatures_and_line_break_hyphens():
 
 
 def test_summary_and_held_out_targets_count_errors_as_failures():
-    rows = [
-        {"type": "numeric", **item_metrics(_item(), _answer("8 heads [1].", [("1706.03762.pdf", 5, "t:5")]), CHUNKS, 5)},
-        {"type": "numeric", **item_metrics(_item(), _answer("64 heads [1].", [("1706.03762.pdf", 9, "t:9")]), CHUNKS, 5)},
-    ]  # fmt: skip
+    right = _answer("8 heads [1].", [("1706.03762.pdf", 5, "t:5")])
+    wrong = _answer("64 heads [1].", [("1706.03762.pdf", 9, "t:9")])
+    rows = [{"type": "numeric", **item_metrics(_item(), a, CHUNKS, 5)} for a in (right, wrong)]
     summary = summarize(rows)
     assert summary["correctness"] == 0.5 and summary["citation_precision"] == 0.5
     assert summary["refusal_accuracy"] == 1.0 and summary["latency_p50_s"] == 2.5

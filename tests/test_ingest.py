@@ -27,8 +27,12 @@ pytestmark = pytest.mark.slow
 
 def _settings(server=None, **overrides):
     fetch = {"timeout_s": 2.0, "retries": 1, "backoff_s": 0.01, "arxiv_delay_s": 0}
-    if server is not None:
-        fetch |= {"arxiv_pdf_base": f"{server.base}/pdf/", "arxiv_api_url": f"{server.base}/api/query"}
+    if server is not None:  # the fixture server is on loopback: allowed explicitly
+        fetch |= {
+            "arxiv_pdf_base": f"{server.base}/pdf/",
+            "arxiv_api_url": f"{server.base}/api/query",
+            "allow_private_hosts": True,
+        }
     return load_settings({"fetch": fetch, **overrides})
 
 

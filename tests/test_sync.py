@@ -81,3 +81,65 @@ def test_store_generation_changes_on_every_mark(tmp_path):
     assert [r["doc_id"] for r in store.document_records()] == ["a"]
     store.delete_document("a")
     assert store.document_records() == []
+
+
+class SharedView:
+    """A real embedded ChunkStore, read the way `pull_documents` reads a shared one."""
+
+    shared = True
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def generation(self) -> str:
+        return self.store.generation()
+
+    def document_records(self) -> list:
+        return self.store.document_records()
+
+
+def test_hostile_records_in_a_shared_store_are_skipped_or_neutralised(tmp_path, caplog):
+    """Anyone who can write to a shared Chroma can publish records: on a real (embedded) Chroma,
+    malformed ones are skipped with a warning, and no record says where a file lives here."""
+    from cove.settings import load_settings
+    from cove.store import ChunkStore
+    from ingest.copies import document_file
+
+    settings = load_settings({"home": str(tmp_path / "home"), "store": {"chroma_url": ""}})
+    store = ChunkStore(settings)
+    good = record("arxiv-1706.03762", chunks=40, title="Attention Is All You Need", kind="pdf").to_dict()
+    good["content_hash"] = "a" * 64
+    hostile = {
+        "shadow": {"location": "/etc/shadow", "kind": "text"},  # kept, but its location is dropped
+        "../../etc/passwd": {},
+        "huge-title": {"title": "A" * 1_000_000},
+        "wrong-types": {"chunks": "40", "authors": "Vaswani"},
+        "not-a-time": {"ingested_at": float("nan")},
+        "odd-kind": {"kind": "<script>"},
+        "odd-status": {"status": {"$ne": ""}},
+        "path-as-hash": {"content_hash": "../../../etc/shadow"},
+        "authors-bomb": {"authors": ["x" * 300] * 3},
+    }
+    store.put_document_record(good)
+    for doc_id, changes in hostile.items():
+        store.put_document_record({**good, "doc_id": doc_id, **changes})
+    where = {"collection": settings.collection_name, "kind": "document"}
+    store.meta.upsert(ids=["junk-1", "junk-2"], embeddings=[[1.0], [1.0]], documents=["{not json", "[1, 2]"],
+                      metadatas=[where, where])  # fmt: skip
+    store.mark_changed()
+
+    catalog = Catalog(settings.catalog_path)
+    mine = record("arxiv-1706.03762")  # this home's own record of the paper, with its own location
+    catalog.upsert(mine)
+    with caplog.at_level("WARNING"):
+        pull_documents(catalog, SharedView(store))
+    docs = {d.doc_id: d for d in catalog.all()}
+    catalog.close()
+
+    assert set(docs) == {"arxiv-1706.03762", "shadow"}
+    assert docs["arxiv-1706.03762"].status == STATUS_OK and docs["arxiv-1706.03762"].chunks == 40
+    assert docs["arxiv-1706.03762"].location == mine.location  # the store's word never replaces it
+    assert docs["shadow"].location == "" and docs["shadow"].kind == "text"
+    assert document_file(docs["shadow"], settings) is None  # nothing this home copied: nothing served
+    skipped = [r.getMessage() for r in caplog.records if "skipped a document record" in r.getMessage()]
+    assert len(skipped) == len(hostile) - 1 + 2, skipped  # every malformed record, and both non-objects
