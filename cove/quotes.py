@@ -36,6 +36,8 @@ WEIGHTS_FILE = Path(__file__).with_name("quote_weights.json")
 # name -> what it measures (the report and explain() print these)
 FEATURES: dict[str, str] = {
     "focus": "share of what the part asks about (IDF-weighted) that the sentence states",
+    "focus_all": "the sentence states every term of what the part asks about",
+    "new_name": "a what/which/who part, and the sentence names something the question does not (an answer)",
     "context": "share of the part's shared terms (subject, paper) in the sentence or its source's title",
     "passage": "share of all the part's terms found in the sentence's whole passage",
     "similarity": "MiniLM cosine between the sentence and the part",
@@ -224,8 +226,11 @@ def cheap_features(part: Part, question: Question, pool: Pool, index: int) -> di
     numeric = sum(bool(_NUMBER_TOKEN.match(t)) for t in tokens) / max(1, len(tokens))
     symbols = sum(not (c.isalnum() or c.isspace() or c in ".,;:'\"()-") for c in text) / max(1, len(text))
     has_number = bool(tx.numbers(text))
+    asked_names = {tx.fold(n) for n in part.names}
     return {
         "focus": _weighted_share(part.focus, found, pool),
+        "focus_all": float(bool(part.focus) and part.focus <= found),
+        "new_name": float(not part.wants_number and any(tx.fold(e) not in asked_names for e in tx.entities(text))),
         "context": _weighted_share(part.context, found, pool) if part.context else 0.0,
         "passage": _weighted_share(part.terms, passage, pool),
         "passage_similarity": float(evidence.cosine),

@@ -134,7 +134,10 @@ def fit_weights(groups: list[Group], l2: float = 0.05) -> np.ndarray:
 # or symbols never makes it a better one. The fit chooses how much, within these signs.
 _UP, _DOWN = (0.0, None), (None, 0.0)
 SIGNS = {
-    **dict.fromkeys(("focus", "context", "passage", "similarity", "number_about", "named_paper", "reason"), _UP),
+    **dict.fromkeys(
+        ("focus", "focus_all", "new_name", "context", "passage", "similarity", "number_about", "named_paper", "reason"),
+        _UP,
+    ),
     **dict.fromkeys(("cut_off", "question_mark", "heading", "short", "long", "numeric_density", "symbol_density",
                      "other_paper", "no_number"), _DOWN),  # fmt: skip
 }

@@ -115,7 +115,7 @@ def test_settings_pipeline_sources_and_verification(library_home, monkeypatch):
     answer = chat_messages(library_home, at)[1].answer
     assert answer["pipeline"] == "baseline"
     assert len(answer["retrieved"]) == 3
-    assert answer["verification"] == [] and answer["prompt_versions"] == {"answer": 1} or answer["refused"]
+    assert answer["verification"] == [] and answer["prompt_versions"] == {"answer": 2} or answer["refused"]
     assert not any(e.label.startswith("Verification") for e in at.expander)
     # The settings hold for the session's next question too.
     assert at.radio(key="pipeline").value == "baseline" and at.slider(key="k").value == 3
