@@ -104,7 +104,8 @@ def render_sources(citations: list[dict[str, Any]], expanded: bool = True) -> No
     with st.expander(f"Sources ({len(citations)})", expanded=expanded):
         for c in citations:
             title = md(c.get("title") or c.get("source", ""))
-            st.markdown(f"**[{c['n']}] {title}**, page {c['page']}")
+            key = f" · @{md(c['citekey'])}" if c.get("citekey") else ""
+            st.markdown(f"**[{c['n']}] {title}**, page {c['page']}{key}")
             st.markdown("> " + md(c["quote"]))
             links = [f"[Open page {c['page']} ↗]({citation_link(c)})"]
             if c.get("url", "").startswith("http") and "#page=" in c["url"]:

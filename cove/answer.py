@@ -63,6 +63,7 @@ class Citation:
     quote: str
     url: str
     chunk_id: str = ""  # the stored chunk the quote comes from (evaluations check it for the evidence)
+    citekey: str = ""  # the document's key in the user's reference manager (BibTeX/Zotero import), if any
 
 
 @dataclass
@@ -446,6 +447,7 @@ class AnswerEngine:
                     quote=_shorten(quote_text, 240),
                     url=citation_url(hit.metadata),
                     chunk_id=hit.id,
+                    citekey=self.retriever.catalog.citekey(hit.doc_id),
                 )
             )
         return out

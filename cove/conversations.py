@@ -184,7 +184,10 @@ def citation_lines(citations: list[dict[str, Any]]) -> list[str]:
     lines = ["Sources:", ""]
     for c in citations:
         link = f" <{c['url']}>" if c.get("url") else ""
-        lines.append(f"{c['n']}. {c.get('title') or c.get('source')}, p. {c['page']}: \u201c{c['quote']}\u201d{link}")
+        key = f" [@{c['citekey']}]" if c.get("citekey") else ""
+        lines.append(
+            f"{c['n']}. {c.get('title') or c.get('source')}{key}, p. {c['page']}: \u201c{c['quote']}\u201d{link}"
+        )
     return lines + [""]
 
 
