@@ -1,4 +1,4 @@
-"""Real servers on 127.0.0.1 for tests and benchmarks: a Chroma server and a llama.cpp model server.
+"""Real servers on 127.0.0.1 for tests and benchmarks: a Chroma server, a llama.cpp model server, `cove serve`.
 
 Both are the programs a lab would run (`chroma run`, `python -m llama_cpp.server`), started as child
 processes on a free port, waited for until they answer, and stoppable and restartable on the same
@@ -7,6 +7,7 @@ port and data, so tests can take them away mid-operation and bring them back.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -29,6 +30,8 @@ class ServerProcess:
 
     ready_path = "/"
     name = "server"
+    host = "127.0.0.1"
+    ready_headers: dict[str, str] = {}
 
     def __init__(self, port: int | None = None, log: Path | None = None) -> None:
         self.port = port or free_port()
@@ -37,20 +40,23 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        return None  # the parent's
+
     def start(self, timeout: float = 120) -> ServerProcess:
         out = self.log.open("ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, env=self.environment())
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with code {self.proc.returncode} while starting")
             try:
-                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
+                if httpx.get(self.url + self.ready_path, headers=self.ready_headers, timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -125,3 +131,32 @@ class LlamaServer(ServerProcess):
     @property
     def openai_url(self) -> str:
         return self.url + "/v1"
+
+
+class CoveApiServer(ServerProcess):
+    """`cove serve` over the library in `home` (`env` adds settings, e.g. COVE_API__TOKEN)."""
+
+    ready_path = "/v1/models"
+    name = "cove serve"
+
+    def __init__(
+        self,
+        home: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        env: dict | None = None,
+        log: Path | None = None,
+    ) -> None:
+        super().__init__(port, log)
+        self.home, self.host, self.extra_env = home, host, dict(env or {})
+        token = self.extra_env.get("COVE_API__TOKEN")
+        self.ready_headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "app.cli", "serve", "--host", self.host, "--port", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "COVE_HOME": str(self.home), "HF_HUB_OFFLINE": "1", **self.extra_env}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+        return env

@@ -75,6 +75,10 @@ class CoveAnswerer(Runnable[Any, dict[str, Any]]):
         self.pipeline = pipeline
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Run through LangChain's callback machinery (tracing, callbacks see the run)."""
+        return self._call_with_config(self._answer, input, config)
+
+    def _answer(self, input: Any) -> dict[str, Any]:
         if isinstance(input, str):
             question, history, pipeline = input, [], None
         elif isinstance(input, dict) and isinstance(input.get("question"), str):
