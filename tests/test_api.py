@@ -9,11 +9,11 @@ import sys
 
 import httpx
 import pytest
+from conftest import ROOT, make_text_pdf
+from servers import CoveApiServer
 
 from cove import checks
 from cove.answer import Answer, Citation
-from conftest import ROOT, make_text_pdf
-from servers import CoveApiServer
 
 openai = pytest.importorskip("openai", reason="the API tests drive `cove serve` with the official openai client")
 pytestmark = pytest.mark.slow
@@ -71,7 +71,8 @@ def test_non_streamed_answer_has_markers_sources_and_structured_citations(client
     link = f"{server.url}/api/documents/{citations[0]['doc_id']}#page={citations[0]['page']}"
     assert link in message.content
     pdf = httpx.get(link.split("#")[0], timeout=30)
-    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF") and pdf.headers["content-type"] == "application/pdf"
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert pdf.headers["content-type"] == "application/pdf"
 
 
 def test_streamed_answer_sends_progress_then_the_checked_answer(client, small_library):

@@ -19,7 +19,8 @@ def test_lcel_chain_with_cove_retriever_returns_pages(small_library):
 
     retriever = CoveRetriever(settings=small_library, k=4)
     cite = RunnableLambda(lambda docs: [f"{d.metadata['title']} p.{d.metadata['page']}" for d in docs])
-    chain = RunnableParallel(docs=itemgetter("question") | retriever, question=itemgetter("question")) | RunnableParallel(
+    search = RunnableParallel(docs=itemgetter("question") | retriever, question=itemgetter("question"))
+    chain = search | RunnableParallel(
         docs=itemgetter("docs"), pages=itemgetter("docs") | cite, question=itemgetter("question")
     )
     out = chain.invoke({"question": "How are LoRA's matrices A and B initialized?"})

@@ -191,8 +191,9 @@ def test_sources_panel_shows_the_citekey():
     def panel() -> None:
         from app.streamlit_app import render_sources
 
-        render_sources([{"n": 1, "title": "LoRA", "page": 4, "quote": "zero for B", "doc_id": "arxiv-2106.09685",
-                         "url": "file:///papers/lora.pdf#page=4", "source": "lora.pdf", "citekey": "hu2021lora"}])  # fmt: skip
+        citation = {"n": 1, "title": "LoRA", "page": 4, "quote": "zero for B", "doc_id": "arxiv-2106.09685",
+                    "url": "file:///papers/lora.pdf#page=4", "source": "lora.pdf", "citekey": "hu2021lora"}  # fmt: skip
+        render_sources([citation])
 
     at = AppTest.from_function(panel).run()
     assert at.markdown[0].value == "**[1] LoRA**, page 4 · @hu2021lora"
