@@ -24,7 +24,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -49,11 +48,8 @@ SEARCH_QUERIES = ["multi-head attention heads", "LoRA rank of the update matrice
 def ask_over_api(client: openai.OpenAI, engine: AnswerEngine, items: list, pipeline: str) -> list[dict]:
     """Send every item at the same moment, one thread each; outcome, latency and overhead per call."""
     model = "cove" if pipeline == "cove" else "cove-baseline"
-    barrier = threading.Barrier(len(items))
-    results: list[dict] = [{} for _ in items]
 
-    def one(i: int) -> None:
-        barrier.wait()
+    def one(i: int) -> dict:
         t0 = time.perf_counter()
         try:
             response = client.chat.completions.create(
@@ -62,17 +58,11 @@ def ask_over_api(client: openai.OpenAI, engine: AnswerEngine, items: list, pipel
             wall = time.perf_counter() - t0
             answer = response.model_extra["cove"]
             verdict = load_bench.judge(engine, items[i], _AsJson(answer))
-            results[i] = verdict | {"latency_s": wall, "overhead_s": wall - answer["timings"]["total_s"], "error": ""}
-        except Exception as err:  # reported, counted as wrong
-            results[i] = {"correct": False, "cited": False, "text": "", "error": str(err), "prefill": 0, "decode": 0,
-                          "latency_s": time.perf_counter() - t0, "overhead_s": 0.0}  # fmt: skip
+            return verdict | {"latency_s": wall, "overhead_s": wall - answer["timings"]["total_s"], "error": ""}
+        except Exception as err:
+            return load_bench.failure(err, t0) | {"overhead_s": 0.0}
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(items))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
+    return load_bench.at_once(len(items), one)
 
 
 class _AsJson:
@@ -134,21 +124,12 @@ def search_overhead(url: str, service: LibraryService, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--home", type=Path, help="an existing library of the corpus (else built now)")
-    parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--pipeline", choices=["cove", "baseline"], default="cove")
-    parser.add_argument("--candidates", type=int, default=12, help="dev items tried in the reference pass")
+    load_bench.add_common_arguments(parser, candidates=12)
     parser.add_argument("--search-repeats", type=int, default=30)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="cove-api-bench-")
-    home = args.home
-    if home is None:
-        home = Path(tmp.name) / "home"
-        print(f"Ingesting {args.corpus} ...", flush=True)
-        load_bench.build_library(args.corpus, home)
+    home = load_bench.library_home(args, Path(tmp.name) / "home")
     settings = load_settings({"home": str(home), "store": {"chroma_url": ""}})
     retriever = Retriever(settings)
     pool = [i for i in load_dataset(load_bench.DEV_SET) if i.answerable and not i.history][: args.candidates]
