@@ -19,7 +19,7 @@ Everything returned is plain data (dicts of str/int/float/list) that the front e
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -169,8 +169,8 @@ class LibraryService:
     # --- adding documents ----------------------------------------------------------------------
     def add(
         self,
-        items: list[str] = (),  # type: ignore[assignment]
-        paths: list[str] = (),  # type: ignore[assignment]
+        items: Sequence[str] = (),
+        paths: Sequence[str] = (),
         progress: Callable[[Any], None] | None = None,
     ) -> dict[str, Any]:
         """Ingest arXiv ids / URLs (`items`) and local files or folders (`paths`); the ingest report."""
