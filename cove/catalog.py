@@ -146,6 +146,9 @@ class Catalog:
             values,
         )
 
+    def has_indexed_documents(self) -> bool:
+        return self.db.execute("SELECT 1 FROM documents WHERE status = ? LIMIT 1", (STATUS_OK,)).fetchone() is not None
+
     def citekey(self, doc_id: str) -> str:
         row = self.db.execute("SELECT citekey FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
         return row[0] if row else ""

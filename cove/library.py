@@ -99,6 +99,15 @@ class LibraryService:
     def __init__(self, settings: CoveSettings, chat: ChatService | None = None) -> None:
         self.chat = chat or ChatService(settings)
         self.settings = self.chat.settings
+        self._engine: AnswerEngine | None = None
+        self._lock = threading.Lock()
+
+    def engine(self) -> AnswerEngine:
+        """One answer engine for every request (the pipeline is chosen per question): prompts are read once."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = AnswerEngine(self.settings, retriever=self.chat.retriever())
+            return self._engine
 
     # --- the library ---------------------------------------------------------------------------
     def documents(self) -> list[DocumentRecord]:
@@ -113,8 +122,13 @@ class LibraryService:
 
     # --- asking and searching ------------------------------------------------------------------
     def ensure_ready(self) -> None:
-        """Raise `LibraryEmpty` unless some document is indexed."""
-        if self.chat.library().empty:
+        """Raise `LibraryEmpty` unless some document is indexed (one query on the open catalog; with a
+        shared Chroma server, the library caught up with it first)."""
+        if self.settings.store.chroma_url or not self.settings.catalog_path.exists():
+            empty = self.chat.library().empty
+        else:
+            empty = not self.chat.retriever().catalog.has_indexed_documents()
+        if empty:
             raise LibraryEmpty("The library is empty: add papers first (`cove ingest`, or POST /api/documents).")
 
     def ask(
@@ -128,8 +142,7 @@ class LibraryService:
         if pipeline not in (None, *PIPELINES):
             raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}")
         self.ensure_ready()
-        engine = AnswerEngine(self.settings, retriever=self.chat.retriever())
-        return engine.ask(question, history or None, pipeline, on_event)
+        return self.engine().ask(question, history or None, pipeline, on_event)
 
     def search(self, query: str, k: int | None = None, mode: str | None = None) -> dict[str, Any]:
         """Cove's hybrid search: the top-k passages with where they are (title, page, section, link)."""
