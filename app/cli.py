@@ -122,6 +122,14 @@ def ingest(
         list[Path] | None,
         typer.Option("--reading-list", help="Markdown file: every paper/article link in it."),
     ] = None,
+    bibtex: Annotated[
+        list[Path] | None,
+        typer.Option("--bibtex", help="BibTeX file: every entry with an arXiv id, DOI/URL or attached file."),
+    ] = None,
+    zotero: Annotated[
+        list[Path] | None,
+        typer.Option("--zotero", help="Zotero export: CSL JSON, or Better BibTeX .bib with attached files."),
+    ] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Drop the index and re-index every document.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
     home: HomeOpt = None,
@@ -142,7 +150,9 @@ def ingest(
         parse={"workers": workers},
     )
     chosen, bad = src.collect_sources(from_ or [], url or [], arxiv or [], reading_list or [])
-    if not (from_ or url or arxiv or reading_list):
+    for export in [*(bibtex or []), *(zotero or [])]:
+        chosen, bad = _add_references(export, chosen, bad)
+    if not (from_ or url or arxiv or reading_list or bibtex or zotero):
         chosen = src.curated_reading_list()
         console.print(f"Ingesting the curated reading list ({len(chosen)} papers and articles).")
 
@@ -164,18 +174,21 @@ def ingest(
     raise typer.Exit(code=1 if report.failed else 0)
 
 
-def _report_json(report) -> dict[str, Any]:
-    from dataclasses import asdict
+def _add_references(export: Path, chosen: list, bad: list) -> tuple[list, list]:
+    """The entries of a BibTeX / Zotero export added to the sources; an unreadable export is one bad input."""
+    from ingest.references import ReferenceError, load_references
 
-    return {
-        "ingested": len(report.ingested),
-        "skipped": len(report.skipped),
-        "failed": len(report.failed),
-        "chunks_written": report.chunks_written,
-        "rebuilt": report.rebuilt,
-        "timings": {k: round(v, 3) for k, v in report.timings.items()},
-        "results": [asdict(r) for r in report.results],
-    }
+    try:
+        found, problems = load_references(export)
+    except ReferenceError as err:
+        return chosen, [*bad, (str(export), str(err))]
+    return chosen + found, bad + problems
+
+
+def _report_json(report) -> dict[str, Any]:
+    from cove.library import report_json
+
+    return report_json(report)
 
 
 def _print_report(report, settings: CoveSettings) -> None:
@@ -211,29 +224,13 @@ def library(
     home: HomeOpt = None,
 ) -> None:
     """List the documents in the library, with their status and any error."""
+    from cove.library import library_json
     from cove.sync import library_documents
 
     settings = _settings(home)
     records = library_documents(settings)
     if as_json:
-        keys = (
-            "doc_id",
-            "title",
-            "source",
-            "kind",
-            "pages",
-            "chunks",
-            "status",
-            "error",
-            "url",
-            "authors",
-            "year",
-            "version",
-            "topic",
-            "content_hash",
-            "ingested_at",
-        )
-        typer.echo(json.dumps([{k: getattr(r, k) for k in keys} for r in records], indent=2))
+        typer.echo(json.dumps(library_json(records), indent=2))
         return
     where = settings.home_dir if not settings.store.chroma_url else f"{settings.home_dir} + {settings.store.chroma_url}"
     if not records:
@@ -435,6 +432,55 @@ def chat(
             highlight=False,
         )
     os.execvpe(command[0], command, env)
+
+
+# --- other tools: the HTTP API and the MCP server ------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address (default 127.0.0.1; others need COVE_API__TOKEN).")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default 8765, or COVE_API__PORT).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="GGUF path, or model name on --openai-url.")] = None,
+    openai_url: Annotated[str | None, typer.Option("--openai-url", help="OpenAI-compatible server URL.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Serve the library over HTTP: an OpenAI-compatible chat API with citations, and a REST API."""
+    from app.api import check_bind
+    from app.api import serve as run_api
+
+    settings = _settings(home, api={"host": host, "port": port}, model=_model_options(model, openai_url))
+    try:
+        check_bind(settings)
+    except ValueError as err:
+        console.print(f"[red]{err}[/]")
+        raise typer.Exit(2) from err
+    console.print(
+        f"Cove API: http://{settings.api.host}:{settings.api.port}/v1 (models: cove, cove-baseline)  "
+        f"library: {settings.home_dir}"
+    )
+    run_api(settings)
+
+
+@app.command()
+def mcp(
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP on 127.0.0.1 instead of stdio.")] = False,
+    port: Annotated[int | None, typer.Option("--port", help="Port for --http (default 8766).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="GGUF path, or model name on --openai-url.")] = None,
+    openai_url: Annotated[str | None, typer.Option("--openai-url", help="OpenAI-compatible server URL.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Serve the library to MCP clients (desktop assistants, IDE agents): stdio, or --http on loopback."""
+    from app.mcp_server import run_http, run_stdio
+
+    settings = _settings(home, api={"mcp_port": port}, model=_model_options(model, openai_url))
+    if http:
+        console.print(f"Cove MCP: http://127.0.0.1:{settings.api.mcp_port}/mcp  (library: {settings.home_dir})")
+        run_http(settings)
+    else:
+        run_stdio(settings)
 
 
 # --- evaluation ------------------------------------------------------------------------------------------

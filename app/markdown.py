@@ -50,7 +50,8 @@ def source_lines(citation: dict[str, Any]) -> tuple[str, str, str, str]:
     safe) and the file name or URL it came from."""
     page = _page(citation)
     title = md(plain_text(str(citation.get("title") or citation.get("source") or ""), 300))
-    heading = f"**\\[{_page(citation, 'n')}\\] {title}**, page {page}"
+    key = f" · @{md(plain_text(str(citation['citekey']), 100))}" if citation.get("citekey") else ""
+    heading = f"**\\[{_page(citation, 'n')}\\] {title}**, page {page}{key}"
     links = []
     target = citation_link(citation)
     if target:

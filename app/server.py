@@ -22,12 +22,12 @@ from pathlib import Path
 import streamlit as st
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from app.access import AccessGuard
+from app.documents import document_response
 from cove.settings import load_settings
-from cove.untrusted import SAFE_DOC_ID
 
 DOC_ROUTE = "/cove/doc/{doc_id}"
 _NOT_HERE = "No copy of this document is kept in this library (run `cove ingest` on it here)."
@@ -35,32 +35,8 @@ _NOT_HERE = "No copy of this document is kept in this library (run `cove ingest`
 
 def document(request: Request) -> Response:
     """The indexed copy of one document, inline (a sync endpoint: Starlette runs it in a thread)."""
-    from cove.catalog import Catalog
-    from ingest.copies import document_file
-    from ingest.parse import sniff_kind
-
-    settings = load_settings()
-    doc_id = request.path_params["doc_id"]
-    if not SAFE_DOC_ID.fullmatch(doc_id) or not settings.catalog_path.exists():
-        return PlainTextResponse(_NOT_HERE, status_code=404)
-    catalog = Catalog(settings.catalog_path)
-    try:
-        record = catalog.get(doc_id)
-    finally:
-        catalog.close()
-    path = document_file(record, settings) if record else None
-    if path is None:
-        return PlainTextResponse(_NOT_HERE, status_code=404)
-    with path.open("rb") as f:
-        kind = sniff_kind(f.read(4096))
-    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-    if kind == "pdf":
-        name = Path(record.source).name if record.source.lower().endswith(".pdf") else f"{doc_id}.pdf"
-        return FileResponse(
-            path, media_type="application/pdf", filename=name, content_disposition_type="inline", headers=headers
-        )
-    headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
-    return FileResponse(path, media_type="text/plain; charset=utf-8", headers=headers)
+    found = document_response(load_settings(), request.path_params["doc_id"])
+    return found if found is not None else PlainTextResponse(_NOT_HERE, status_code=404)
 
 
 app = st.App(

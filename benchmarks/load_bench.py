@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,28 +69,42 @@ def judge(engine: AnswerEngine, item, answer) -> dict:
             "prefill": m["prefill_tokens"], "decode": m["decode_tokens"]}  # fmt: skip
 
 
-def ask_all(settings, retriever: Retriever, items: list, pipeline: str) -> list[dict]:
-    """Ask every item at the same moment, one thread each; per-call outcome and latency."""
-    barrier = threading.Barrier(len(items))
-    results: list[dict] = [{} for _ in items]
+def at_once(count: int, call: Callable[[int], dict]) -> list[dict]:
+    """`call(0)` ... `call(count - 1)` in threads released at the same moment; their results in order."""
+    barrier = threading.Barrier(count)
+    results: list[dict] = [{} for _ in range(count)]
 
     def one(i: int) -> None:
-        engine = AnswerEngine(settings, retriever=retriever)
         barrier.wait()
-        t0 = time.perf_counter()
-        try:
-            answer = engine.ask(items[i].question, pipeline=pipeline)
-            results[i] = judge(engine, items[i], answer) | {"latency_s": time.perf_counter() - t0, "error": ""}
-        except Exception as err:  # reported, counted as wrong
-            results[i] = {"correct": False, "cited": False, "text": "", "error": str(err), "prefill": 0,
-                          "decode": 0, "latency_s": time.perf_counter() - t0}  # fmt: skip
+        results[i] = call(i)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(items))]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     return results
+
+
+def failure(err: Exception, started: float) -> dict:
+    """A call that raised: reported, counted as wrong."""
+    return {"correct": False, "cited": False, "text": "", "error": str(err), "prefill": 0, "decode": 0,
+            "latency_s": time.perf_counter() - started}  # fmt: skip
+
+
+def ask_all(settings, retriever: Retriever, items: list, pipeline: str) -> list[dict]:
+    """Ask every item at the same moment, one thread each; per-call outcome and latency."""
+    engines = [AnswerEngine(settings, retriever=retriever) for _ in items]
+
+    def one(i: int) -> dict:
+        t0 = time.perf_counter()
+        try:
+            answer = engines[i].ask(items[i].question, pipeline=pipeline)
+            return judge(engines[i], items[i], answer) | {"latency_s": time.perf_counter() - t0, "error": ""}
+        except Exception as err:
+            return failure(err, t0)
+
+    return at_once(len(items), one)
 
 
 def reference_pass(name: str, settings, retriever, pool: list, pipeline: str) -> tuple[list, dict]:
@@ -141,24 +156,34 @@ def measure(name: str, settings, retriever, items: list, levels: list[int], pipe
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_common_arguments(parser: argparse.ArgumentParser, candidates: int) -> None:
+    """Library, levels, pipeline, question pool and output options (shared with api_bench.py)."""
     parser.add_argument("--home", type=Path, help="an existing library of the corpus (else built now)")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--pipeline", choices=["cove", "baseline"], default="cove")
-    parser.add_argument("--candidates", type=int, default=24, help="dev items tried in the reference pass")
+    parser.add_argument("--candidates", type=int, default=candidates, help="dev items tried in the reference pass")
+    parser.add_argument("--json", type=Path)
+
+
+def library_home(args: argparse.Namespace, scratch: Path) -> Path:
+    """--home, or a library of --corpus built now under `scratch`."""
+    if args.home is not None:
+        return args.home
+    print(f"Ingesting {args.corpus} ...", flush=True)
+    build_library(args.corpus, scratch)
+    return scratch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser, candidates=24)
     parser.add_argument("--targets", nargs="+", default=["embedded", "server"])
     parser.add_argument("--state-cache-mb", type=int, help="embedded model's KV state cache (default: settings)")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="cove-load-bench-")
-    home = args.home
-    if home is None:
-        home = Path(tmp.name)
-        print(f"Ingesting {args.corpus} ...", flush=True)
-        build_library(args.corpus, home)
+    home = library_home(args, Path(tmp.name))
     settings = load_settings({"home": str(home), "store": {"chroma_url": ""}})
     if args.state_cache_mb is not None:
         settings = with_overrides(settings, {"model": {"state_cache_mb": args.state_cache_mb}})

@@ -93,6 +93,7 @@ class Citation:
     quote: str
     url: str
     chunk_id: str = ""  # the stored chunk the quote comes from (evaluations check it for the evidence)
+    citekey: str = ""  # the document's key in the user's reference manager (BibTeX/Zotero import), if any
 
 
 @dataclass
@@ -611,7 +612,8 @@ class AnswerEngine:
                 quote_text = best[0] if best else tx.shorten(tx.squash(hit.text), 200)
             out.append(
                 Citation(n=n, title=hit.title, source=hit.source, doc_id=hit.doc_id, page=hit.page,
-                         quote=tx.shorten(quote_text, 400), url=citation_url(hit.metadata), chunk_id=hit.id)
+                         quote=tx.shorten(quote_text, 400), url=citation_url(hit.metadata), chunk_id=hit.id,
+                         citekey=self.retriever.catalog.citekey(hit.doc_id))
             )  # fmt: skip
         return out
 

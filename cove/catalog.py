@@ -42,10 +42,15 @@ CREATE TABLE IF NOT EXISTS documents (
     error TEXT NOT NULL DEFAULT '',
     warnings TEXT NOT NULL DEFAULT '',
     ingested_at REAL NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL DEFAULT 0
+    updated_at REAL NOT NULL DEFAULT 0,
+    citekey TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# Columns added after the first release: a catalog written by an older Cove gets them on open.
+# Columns added after the first release: older catalogs get them on open.
+ADDED_COLUMNS = {"aliases": "TEXT NOT NULL DEFAULT '[]'", "citekey": "TEXT NOT NULL DEFAULT ''"}
 
 
 @dataclass
@@ -71,6 +76,7 @@ class DocumentRecord:
     warnings: str = ""
     ingested_at: float = 0.0
     updated_at: float = 0.0
+    citekey: str = ""  # the key a reference manager (BibTeX, Zotero) knows the document by
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,8 +84,6 @@ class DocumentRecord:
 
 _COLUMNS = [f.name for f in fields(DocumentRecord)]
 _JSON_COLUMNS = ("authors", "aliases")
-# Columns added after the first release: older catalogs get them on open.
-_ADDED_COLUMNS = {"aliases": "TEXT NOT NULL DEFAULT '[]'"}
 
 
 def open_sqlite(path: Path, schema: str) -> sqlite3.Connection:
@@ -100,10 +104,17 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = open_sqlite(path, SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
         present = {row[1] for row in self.db.execute("PRAGMA table_info(documents)")}
-        for column, declaration in _ADDED_COLUMNS.items():
+        for column, definition in ADDED_COLUMNS.items():
             if column not in present:
-                self.db.execute(f"ALTER TABLE documents ADD COLUMN {column} {declaration}")
+                try:
+                    self.db.execute(f"ALTER TABLE documents ADD COLUMN {column} {definition}")
+                except sqlite3.OperationalError as err:  # another process added it a moment ago
+                    if "duplicate column" not in str(err):
+                        raise
 
     def close(self) -> None:
         self.db.close()
@@ -139,6 +150,13 @@ class Catalog:
             f"ON CONFLICT(doc_id) DO UPDATE SET {updates}",
             values,
         )
+
+    def has_indexed_documents(self) -> bool:
+        return self.db.execute("SELECT 1 FROM documents WHERE status = ? LIMIT 1", (STATUS_OK,)).fetchone() is not None
+
+    def citekey(self, doc_id: str) -> str:
+        row = self.db.execute("SELECT citekey FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+        return row[0] if row else ""
 
     def delete(self, doc_id: str) -> None:
         self.db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))

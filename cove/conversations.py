@@ -191,7 +191,8 @@ def citation_lines(citations: list[dict[str, Any]]) -> list[str]:
         link = f" <{url}>" if url else ""
         title = md(plain_text(str(c.get("title") or c.get("source") or ""), 300))
         quote = md(plain_text(str(c.get("quote", "")), 1000))
-        lines.append(f"{int(c['n'])}. {title}, p. {int(c['page'])}: \u201c{quote}\u201d{link}")
+        key = f" [@{md(plain_text(str(c['citekey']), 100))}]" if c.get("citekey") else ""
+        lines.append(f"{int(c['n'])}. {title}{key}, p. {int(c['page'])}: \u201c{quote}\u201d{link}")
     return lines + [""]
 
 

@@ -292,6 +292,28 @@ class AppSettings(BaseModel):
     )
 
 
+class ApiSettings(BaseModel):
+    """The HTTP API (`cove serve`) and the MCP server over HTTP (`cove mcp --http`)."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address `cove serve` listens on. Loopback keeps it private; any other address needs "
+        "`token`, and `cove serve` refuses to start without one.",
+    )
+    port: int = Field(8765, ge=1, le=65535, description="Port of `cove serve`.")
+    mcp_port: int = Field(8766, ge=1, le=65535, description="Port of `cove mcp --http` (always on loopback).")
+    token: str = Field(
+        "",
+        description="Bearer token clients must send (Authorization: Bearer TOKEN). Required when `host` is "
+        "not a loopback address; when set, required on loopback too.",
+    )
+    max_request_kb: int = Field(512, ge=1, description="Largest JSON request body, in kilobytes.")
+    max_upload_mb: int = Field(64, ge=1, description="Largest upload (POST /api/documents, multipart), in megabytes.")
+    max_question_chars: int = Field(4000, ge=10, description="Longest question accepted, in characters.")
+    max_messages: int = Field(100, ge=1, description="Most messages in one chat completion request (the history).")
+    max_search_k: int = Field(50, ge=1, description="Most passages one search may return.")
+
+
 class CoveSettings(BaseSettings):
     """All Cove settings. Build with ``CoveSettings()`` (env + defaults) or ``load_settings(**overrides)``."""
 
@@ -310,6 +332,7 @@ class CoveSettings(BaseSettings):
     answer: AnswerSettings = Field(default_factory=AnswerSettings, description="Answering and checking.")
     quotes: QuoteSettings = Field(default_factory=QuoteSettings, description="Choosing quoted sentences.")
     app: AppSettings = Field(default_factory=AppSettings, description="The web chat app.")
+    api: ApiSettings = Field(default_factory=ApiSettings, description="The HTTP API and MCP server.")
 
     # --- derived paths: everything lives under `home` -------------------------------------------
     @property

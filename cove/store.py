@@ -251,6 +251,14 @@ class ChunkStore:
         return ids, texts, metadatas
 
     @_remote
+    def document_chunks(self, doc_id: str) -> list[StoredChunk]:
+        """Every chunk of one document, in chunk order (to show its pages' text)."""
+        result = self.collection.get(where={"doc_id": doc_id}, include=["documents", "metadatas"])
+        rows = zip(result["ids"], result["documents"], result["metadatas"], strict=True)
+        chunks = [StoredChunk(id=i, text=t, metadata=m) for i, t, m in rows]
+        return sorted(chunks, key=lambda c: c.metadata.get("chunk_index", 0))
+
+    @_remote
     def get(self, ids: list[str], with_embeddings: bool = False) -> list[StoredChunk]:
         """Chunks by id, in the order asked (missing ids are left out)."""
         if not ids:

@@ -116,6 +116,7 @@ def source_from_record(record: DocumentRecord) -> Source:
         local=local,
         authors=record.authors,
         year=record.year,
+        citekey=record.citekey,
     )
 
 
@@ -253,6 +254,7 @@ class IngestPipeline:
                 and previous.index_id == current_index
             )
             if unchanged:
+                _keep_citekey(self.catalog, previous, source.citekey)
                 report.results.append(
                     DocResult(
                         previous.source,
@@ -430,6 +432,7 @@ class IngestPipeline:
             arxiv_id=source.arxiv_id,
             pages=len(parsed.pages),
             warnings="; ".join(parsed.warnings),
+            citekey=source.citekey or (item.previous.citekey if item.previous else ""),
         )
 
     def _record_pending(self, doc_id: str, reason: str) -> None:
@@ -459,11 +462,19 @@ class IngestPipeline:
                     topic=source.topic,
                     arxiv_id=source.arxiv_id,
                     error=reason,
+                    citekey=source.citekey,
                 )
             )
             if previous is not None:
                 self._store_for_writing().delete_document(source.doc_id)  # no orphans from an older identity or run
         report.results.append(DocResult(source.source, FAILED, source.doc_id, source.title, reason))
+
+
+def _keep_citekey(catalog: Catalog, record: DocumentRecord, citekey: str) -> None:
+    """An unchanged document re-imported under a (new) citekey keeps it, without re-indexing."""
+    if citekey and record.citekey != citekey:
+        record.citekey = citekey
+        catalog.upsert(record)
 
 
 def decide_kind(sniffed: str | None, hint: str | None, local: bool, location: str) -> str:

@@ -40,6 +40,7 @@ class Source:
     local: bool = False
     authors: list[str] = field(default_factory=list)
     year: str = ""
+    citekey: str = ""  # from a reference manager's export (BibTeX, Zotero): kept on the document
 
     @property
     def link(self) -> str:
@@ -256,12 +257,13 @@ def parse_markdown_reading_list(markdown: str) -> list[Source]:
 
 
 def dedupe(sources: list[Source]) -> list[Source]:
-    """First occurrence of each document id wins (later ones may only add a missing title)."""
+    """First occurrence of each document id wins (later ones may only add a missing title or citekey)."""
     seen: dict[str, Source] = {}
     for src in sources:
         if src.doc_id in seen:
-            if not seen[src.doc_id].title and src.title:
-                seen[src.doc_id].title = src.title
+            first = seen[src.doc_id]
+            first.title = first.title or src.title
+            first.citekey = first.citekey or src.citekey
             continue
         seen[src.doc_id] = src
     return list(seen.values())

@@ -1,5 +1,5 @@
-"""Real servers on 127.0.0.1 for tests and benchmarks: a Chroma server, a llama.cpp model server and
-the chat app as `cove chat` starts it.
+"""Real servers on 127.0.0.1 for tests and benchmarks: a Chroma server, a llama.cpp model server, the
+chat app as `cove chat` starts it, and the API as `cove serve` starts it.
 
 Both are the programs a lab would run (`chroma run`, `python -m llama_cpp.server`), started as child
 processes on a free port, waited for until they answer, and stoppable and restartable on the same
@@ -161,3 +161,29 @@ class CoveChat(ServerProcess):
         if cove.exists():
             return [str(cove), *args]
         return [sys.executable, "-m", "app.cli", *args]
+
+
+class CoveApiServer(ServerProcess):
+    """`cove serve` over the library in `home` (`env` adds settings, e.g. COVE_API__TOKEN)."""
+
+    ready_path = "/v1/models"
+    name = "cove serve"
+
+    def __init__(
+        self,
+        home: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        env: dict | None = None,
+        log: Path | None = None,
+    ) -> None:
+        super().__init__(port, log)
+        self.home, self.host = home, host
+        root = Path(__file__).resolve().parents[1]
+        self.env = {**os.environ, "COVE_HOME": str(home), "HF_HUB_OFFLINE": "1", **dict(env or {})}
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), self.env.get("PYTHONPATH", "")) if p)
+        token = self.env.get("COVE_API__TOKEN")
+        self.ready_headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "app.cli", "serve", "--host", self.host, "--port", str(self.port)]

@@ -1,0 +1,223 @@
+"""`cove serve` driven by the official `openai` client and plain HTTP: a real server process on
+loopback over a small real library, with the bundled model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import ROOT, make_text_pdf
+from servers import CoveApiServer
+
+from cove import checks
+from cove.answer import Answer, Citation
+
+openai = pytest.importorskip("openai", reason="the API tests drive `cove serve` with the official openai client")
+pytestmark = pytest.mark.slow
+
+HEADS = "How many parallel attention heads does the base Transformer use?"
+TOKEN = "s3cret-test-token"
+
+
+@pytest.fixture(scope="module")
+def server(small_library, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with CoveApiServer(small_library.home_dir, log=log) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="not-needed-on-loopback", max_retries=0, timeout=600)
+
+
+def chunk_text(settings, chunk_id: str) -> str:
+    from cove.store import ChunkStore
+
+    return " ".join(ChunkStore(settings).get([chunk_id])[0].text.split())
+
+
+def assert_cited(content: str, citations: list[dict], settings) -> None:
+    """Every sentence of the answer cites a listed source, and every quote is verbatim in its chunk."""
+    answer_text, _, sources = content.partition("\n\nSources:\n")
+    numbers = {c["n"] for c in citations}
+    assert citations and sources, content
+    for sentence in checks.split_sentences(answer_text):
+        assert set(checks.citations(sentence)) <= numbers and checks.citations(sentence), sentence
+    for c in citations:
+        assert set(c) == set(Citation.__dataclass_fields__)  # the `cove ask --json` citation objects
+        assert " ".join(c["quote"].rstrip("\u2026").split()) in chunk_text(settings, c["chunk_id"])
+        assert f"{c['n']}. {c['title']}" in sources and f"p. {c['page']}" in sources
+
+
+def test_models_are_the_two_pipelines(client):
+    assert sorted(m.id for m in client.models.list().data) == ["cove", "cove-baseline"]
+
+
+def test_non_streamed_answer_has_markers_sources_and_structured_citations(client, small_library, server):
+    response = client.chat.completions.create(model="cove", messages=[{"role": "user", "content": HEADS}])
+    message = response.choices[0].message
+    citations = message.model_extra["citations"]
+    assert_cited(message.content, citations, small_library)
+    assert "8" in checks.numbers(message.content.partition("\n\nSources:")[0])
+    answer = response.model_extra["cove"]
+    assert set(answer) == set(Answer.__dataclass_fields__) and answer["pipeline"] == "cove"
+    assert answer["citations"] == citations and response.choices[0].finish_reason == "stop"
+    assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
+    # The Sources list links the served copy of the local PDF; it opens through the API.
+    link = f"{server.url}/api/documents/{citations[0]['doc_id']}#page={citations[0]['page']}"
+    assert link in message.content
+    pdf = httpx.get(link.split("#")[0], timeout=30)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert pdf.headers["content-type"] == "application/pdf"
+
+
+def test_streamed_answer_sends_progress_then_the_checked_answer(client, small_library):
+    stream = client.chat.completions.create(
+        model="cove-baseline",
+        messages=[{"role": "user", "content": HEADS}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    stages, content, last, usage = [], "", None, None
+    for chunk in stream:
+        event = (chunk.model_extra or {}).get("cove_event")
+        if event:
+            assert not content, "progress comes before the answer"
+            stages.append(event["stage"])
+        if chunk.choices and chunk.choices[0].delta.content:
+            content += chunk.choices[0].delta.content
+        if chunk.choices and chunk.choices[0].finish_reason:
+            last = chunk
+        usage = chunk.usage or usage
+    assert {"retrieve", "coverage", "draft", "compose"} <= set(stages) and "token" not in stages
+    assert last is not None and last.choices[0].finish_reason == "stop"
+    answer, citations = last.model_extra["cove"], last.choices[0].delta.model_extra["citations"]
+    assert answer["pipeline"] == "baseline" and answer["citations"] == citations
+    assert_cited(content, citations, small_library)
+    # Only the checked answer is sent as content, never the model's unchecked draft tokens.
+    assert " ".join(content.partition("\n\nSources:")[0].split()) == " ".join(answer["answer"].split())
+    assert usage is not None and usage.completion_tokens > 0
+
+
+def test_follow_up_uses_the_conversation_in_the_messages(client):
+    first = client.chat.completions.create(
+        model="cove-baseline", messages=[{"role": "user", "content": "What is LoRA?"}]
+    ).choices[0]
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},  # ignored: Cove's prompts are its own
+        {"role": "user", "content": "What is LoRA?"},
+        {"role": "assistant", "content": first.message.content},
+        {"role": "user", "content": "How are its matrices A and B initialized?"},
+    ]
+    answer = client.chat.completions.create(model="cove-baseline", messages=messages).model_extra["cove"]
+    assert answer["query"].startswith("What is LoRA?")
+    assert answer["retrieved"][0]["doc_id"] == "arxiv-2106.09685"
+    assert not answer["refused"] and answer["citations"]
+
+
+def test_question_outside_the_library_is_refused(client):
+    response = client.chat.completions.create(
+        model="cove-baseline", messages=[{"role": "user", "content": "What is the capital of France?"}]
+    )
+    message = response.choices[0].message
+    assert response.model_extra["cove"]["refused"] and message.model_extra["citations"] == []
+    assert "does not cover" in message.content and message.refusal and "Sources:" not in message.content
+
+
+def test_bad_requests_get_clear_json_errors(client, server):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": HEADS}])
+    assert err.value.body["code"] == "model_not_found" and "cove-baseline" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="cove", messages=[])
+    assert err.value.body["type"] == "invalid_request_error" and "messages" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="cove", messages=[{"role": "user", "content": "why? " * 2000}])
+    assert err.value.body["code"] == "question_too_long"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="cove", messages=[{"role": "assistant", "content": "hello"}])
+    assert err.value.body["code"] == "no_question"
+
+    raw = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", timeout=30,
+                     headers={"content-type": "application/json"})  # fmt: skip
+    assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
+    big = httpx.post(server.url + "/api/search", json={"query": "x" * 600_000}, timeout=30)
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+    missing = httpx.get(server.url + "/api/documents/no-such-doc", timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "document_not_found"
+    # A page elsewhere that rebinds its DNS name to 127.0.0.1 names its own Host: refused.
+    rebound = httpx.get(server.url + "/api/library", headers={"Host": "evil.example:80"}, timeout=30)
+    assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "bad_host"
+    cross_site = httpx.post(server.url + "/api/search", json={"query": "LoRA"}, timeout=30,
+                            headers={"Origin": "https://evil.example"})  # fmt: skip
+    assert cross_site.status_code == 403
+
+
+def test_rest_api_ask_search_and_library(server, small_library):
+    answer = httpx.post(server.url + "/api/ask", json={"question": HEADS, "pipeline": "baseline"}, timeout=600)
+    assert answer.status_code == 200
+    data = answer.json()
+    assert set(data) == set(Answer.__dataclass_fields__) and data["citations"] and not data["refused"]
+
+    found = httpx.post(server.url + "/api/search", json={"query": "low-rank adaptation matrices", "k": 3}, timeout=60)
+    hits = found.json()["hits"]
+    assert len(hits) == 3 and hits[0]["doc_id"] == "arxiv-2106.09685" and hits[0]["page"] >= 1
+    assert {"title", "source", "section", "url", "chunk_id", "text", "citekey"} <= set(hits[0])
+
+    library = httpx.get(server.url + "/api/library", timeout=60).json()["documents"]
+    assert {d["doc_id"] for d in library} >= {"arxiv-1706.03762", "arxiv-2106.09685"}
+    assert all("citekey" in d for d in library)
+
+
+def test_adding_papers_through_the_api(tmp_path, http_server, corpus):
+    """An empty library: questions get a clear 409; an upload and a URL are ingested and served back."""
+    env = {"COVE_FETCH__ALLOW_PRIVATE_HOSTS": "true"}  # the fixture server is on loopback
+    with CoveApiServer(tmp_path / "home", env=env, log=tmp_path / "serve.log") as api:
+        empty = httpx.post(api.url + "/api/ask", json={"question": HEADS}, timeout=60)
+        assert empty.status_code == 409 and empty.json()["error"]["code"] == "library_empty"
+
+        text = "Cove upload test. " + "Rotary position embeddings rotate query and key vectors. " * 6
+        files = {"file": ("notes-on-rope.pdf", make_text_pdf(text), "application/pdf")}
+        added = httpx.post(api.url + "/api/documents", files=files, timeout=600).json()
+        assert added["ingested"] == 1 and added["failed"] == 0, added
+        doc_id = added["results"][0]["doc_id"]
+        served = httpx.get(f"{api.url}/api/documents/{doc_id}", timeout=30)
+        assert served.status_code == 200 and served.content.startswith(b"%PDF")
+
+        not_pdf = {"file": ("evil.pdf", b"<html>hi</html>", "application/pdf")}
+        refused = httpx.post(api.url + "/api/documents", files=not_pdf, timeout=60).json()
+        assert refused["failed"] == 1 and "not a PDF" in refused["results"][0]["reason"]
+
+        by_url = httpx.post(api.url + "/api/documents", json={"url": http_server.base + "/article.html"}, timeout=600)
+        assert by_url.json()["ingested"] == 1, by_url.json()
+        nothing = httpx.post(api.url + "/api/documents", json={}, timeout=60)
+        assert nothing.status_code == 400 and nothing.json()["error"]["code"] == "nothing_to_add"
+        titles = [d["source"] for d in httpx.get(api.url + "/api/library", timeout=60).json()["documents"]]
+        assert "notes-on-rope.pdf" in titles and http_server.base + "/article.html" in titles
+
+
+def test_beyond_loopback_needs_a_token(small_library, tmp_path):
+    # Without a token, `cove serve` refuses to listen anywhere but 127.0.0.1 / ::1 / localhost.
+    refused = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.2", "--port", "9"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COVE_HOME": str(small_library.home_dir), "COVE_API__TOKEN": ""},
+    )  # fmt: skip
+    assert refused.returncode == 2 and "without a token" in refused.stderr
+
+    env = {"COVE_API__TOKEN": TOKEN}
+    with CoveApiServer(small_library.home_dir, host="127.0.0.2", env=env, log=tmp_path / "serve.log") as api:
+        anonymous = openai.OpenAI(base_url=api.url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as err:
+            anonymous.chat.completions.create(model="cove", messages=[{"role": "user", "content": HEADS}])
+        assert err.value.status_code == 401 and err.value.body["code"] == "invalid_api_key"
+        no_header = httpx.get(api.url + "/api/library", timeout=30)
+        assert no_header.status_code == 401 and no_header.json()["error"]["type"] == "invalid_request_error"
+        assert httpx.get(api.url + "/api/documents/arxiv-1706.03762", timeout=30).status_code == 401
+
+        authorized = openai.OpenAI(base_url=api.url + "/v1", api_key=TOKEN, max_retries=0)
+        assert {m.id for m in authorized.models.list().data} == {"cove", "cove-baseline"}
