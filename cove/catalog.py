@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS documents (
     status TEXT NOT NULL,
     error TEXT NOT NULL DEFAULT '',
     warnings TEXT NOT NULL DEFAULT '',
+    report TEXT NOT NULL DEFAULT '{}',
     ingested_at REAL NOT NULL DEFAULT 0,
     updated_at REAL NOT NULL DEFAULT 0
 );
@@ -67,11 +68,17 @@ class DocumentRecord:
     chunks: int = 0
     error: str = ""
     warnings: str = ""
+    # The parse report: pages, words, tables, figures, figure_text_share, equations, references, warnings.
+    report: dict = field(default_factory=dict)
     ingested_at: float = 0.0
     updated_at: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Columns added since the first catalogs: (name, SQL definition). Older files get them on open.
+ADDED_COLUMNS = [("report", "TEXT NOT NULL DEFAULT '{}'")]
 
 
 _COLUMNS = [f.name for f in fields(DocumentRecord)]
@@ -95,6 +102,18 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = open_sqlite(path, SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Catalogs written by older versions lack newer columns: add them, keeping every row."""
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(documents)")}
+        for name, definition in ADDED_COLUMNS:
+            if name not in present:
+                try:
+                    self.db.execute(f"ALTER TABLE documents ADD COLUMN {name} {definition}")
+                except sqlite3.OperationalError as err:  # another process added it first
+                    if "duplicate column" not in str(err):
+                        raise
 
     def close(self) -> None:
         self.db.close()
@@ -122,6 +141,7 @@ class Catalog:
         record.updated_at = time.time()
         values = record.to_dict()
         values["authors"] = json.dumps(values["authors"])
+        values["report"] = json.dumps(values["report"])
         placeholders = ", ".join(f":{c}" for c in _COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "doc_id")
         self.db.execute(
@@ -148,4 +168,13 @@ class Catalog:
 def _record(row: tuple) -> DocumentRecord:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["authors"] = json.loads(values["authors"] or "[]")
+    values["report"] = _json_dict(values["report"])
     return DocumentRecord(**values)
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.dataset import ITEM_TYPES
-from evals.metrics import TARGETS, summarize, target_gaps
+from evals.metrics import CEILINGS, TARGETS, summarize, target_gaps
 
 SHOWN = (  # (summary key, column title) for the tables
     ("n", "n"),
@@ -26,6 +26,7 @@ SHOWN = (  # (summary key, column title) for the tables
     ("citation_recall", "cite recall"),
     ("grounded_numbers", "grounded #"),
     ("model_grounded_numbers", "model grounded #"),
+    ("unquotable_quotes", "bad quotes"),
     ("latency_p50_s", "p50 s"),
     ("latency_p95_s", "p95 s"),
     ("prefill_tokens_mean", "prefill tok"),
@@ -47,7 +48,7 @@ def _scored(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_summary(rows: list[dict[str, Any]], variants: list[str], heldout: set[str], meta: dict) -> dict:
     """Everything report.md shows, as data: per variant overall, per type, per split, and targets."""
-    summary: dict[str, Any] = {"meta": meta, "targets": TARGETS, "variants": {}}
+    summary: dict[str, Any] = {"meta": meta, "targets": TARGETS, "ceilings": CEILINGS, "variants": {}}
     for name in variants:
         mine = [r for r in rows if r["variant"] == name]
         overall = summarize(_scored(mine))
@@ -129,9 +130,14 @@ def render_report(summary: dict, rows: list[dict[str, Any]], plots: list[str], w
         "## Targets",
         "",
         _table(
-            ["variant"] + [("recall@k" if m == "recall_at_k" else m) + f" (>= {t})" for m, t in TARGETS.items()],
-            [[n] + [_target_text(summary["variants"][n]["targets"][m]) for m in TARGETS] for n in names],
+            ["variant"]
+            + [("recall@k" if m == "recall_at_k" else m) + f" (>= {t})" for m, t in TARGETS.items()]
+            + [f"{m} (<= {t})" for m, t in CEILINGS.items()],
+            [[n] + [_target_text(summary["variants"][n]["targets"][m]) for m in (*TARGETS, *CEILINGS)] for n in names],
         ),
+        "",
+        "`unquotable_quotes`: share of citation quotes that fall on figure text, an equation, a reference "
+        "entry or front matter of the chunk they were taken from (the chunk's `spans` and `block`).",
     ]
     duel = summary.get("cove_vs_baseline")
     if duel:
@@ -191,6 +197,7 @@ def _severity(row: dict[str, Any]) -> float:
     if m["correct"] is False:
         score += 3
     score += 2 * (m["citations"] - m["citations_right"])
+    score += 2 * m.get("quotes_unquotable", 0)
     return score
 
 
@@ -212,6 +219,10 @@ def _failures(rows: list[dict[str, Any]], limit: int) -> list[str]:
             problems.append("missing: " + ", ".join(f"`{x}`" for x in m["missing"]))
         if m["ungrounded"]:
             problems.append("numbers not in a cited chunk: " + ", ".join(m["ungrounded"]))
+        if m.get("quotes_unquotable"):
+            problems.append(
+                f"{m['quotes_unquotable']} quote(s) from figure text, an equation, a reference or front matter"
+            )
         if m["citations"] - m["citations_right"]:
             problems.append(f"{m['citations'] - m['citations_right']} of {m['citations']} citations off the gold pages")
         cited = ", ".join(f"[{c['n']}] {c['source']} p.{c['page']}" for c in answer.get("citations", []))
