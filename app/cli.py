@@ -211,6 +211,7 @@ def library(
     home: HomeOpt = None,
 ) -> None:
     """List the documents in the library, with their status and any error."""
+    from cove.catalog import parse_summary
     from cove.sync import library_documents
 
     settings = _settings(home)
@@ -232,6 +233,8 @@ def library(
             "topic",
             "content_hash",
             "ingested_at",
+            "warnings",
+            "report",
         )
         typer.echo(json.dumps([{k: getattr(r, k) for k in keys} for r in records], indent=2))
         return
@@ -240,11 +243,14 @@ def library(
         Console().print(f"The library at {where} is empty. Add papers with `cove ingest`.")
         return
     table = Table(title=f"Library: {where}")
-    for column in ("Title", "Source", "Kind", "Pages", "Chunks", "Status", "Error"):
+    for column in ("Title", "Source", "Kind", "Pages", "Chunks", "Parse", "Status", "Error / warnings"):
         table.add_column(column, overflow="fold")
     for r in records:
         status = {"ok": "[green]ok[/]", "failed": "[red]failed[/]"}.get(r.status, f"[yellow]{r.status}[/]")
-        table.add_row(r.title[:70], r.source, r.kind, str(r.pages), str(r.chunks), status, r.error)
+        notes = "; ".join(part for part in (r.error, r.warnings) if part)
+        table.add_row(
+            r.title[:70], r.source, r.kind, str(r.pages), str(r.chunks), parse_summary(r.report), status, notes
+        )
     Console().print(table)
 
 

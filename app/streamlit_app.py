@@ -23,6 +23,7 @@ import streamlit as st
 
 from app.markdown import answer_markdown, citation_link, md, verification_line
 from cove.answer import AnswerEvent, Verification
+from cove.catalog import parse_summary
 from cove.chat import ChatService, LibraryStatus, friendly_error
 from cove.conversations import Message, answer_note, export_markdown
 from cove.settings import BUNDLED_CHAT_MODEL, CoveSettings, load_settings
@@ -266,7 +267,14 @@ def sidebar_library(svc: ChatService, library: LibraryStatus) -> None:
         if library.documents:
             st.dataframe(
                 [
-                    {"Title": d.title or d.source, "Pages": d.pages, "Chunks": d.chunks, "Status": d.status}
+                    {
+                        "Title": d.title or d.source,
+                        "Pages": d.pages,
+                        "Chunks": d.chunks,
+                        "Status": d.status,
+                        "Parse": parse_summary(d.report),
+                        "Warnings": d.warnings,
+                    }
                     for d in library.documents
                 ],
                 hide_index=True,

@@ -165,6 +165,26 @@ class Catalog:
         )
 
 
+def parse_summary(report: dict) -> str:
+    """One line saying what parsing found in a document ("6,430 words, 4 tables, 7 figures (4% figure
+    text), 5 equations, 40 references"), for the library listings; "" when there is no report."""
+    if not report or "words" not in report:
+        return ""
+    parts = [f"{report.get('words', 0):,} words"]
+    for key, noun in (
+        ("tables", "table"),
+        ("figures", "figure"),
+        ("equations", "equation"),
+        ("references", "reference"),
+    ):
+        count = report.get(key, 0)
+        if count:
+            parts.append(f"{count} {noun}" + ("" if count == 1 else "s"))
+            if key == "figures" and report.get("figure_text_share"):
+                parts[-1] += f" ({report['figure_text_share']:.0%} figure text)"
+    return ", ".join(parts)
+
+
 def _record(row: tuple) -> DocumentRecord:
     values = dict(zip(_COLUMNS, row, strict=True))
     values["authors"] = json.loads(values["authors"] or "[]")

@@ -44,7 +44,7 @@ from ingest.front import (
     title_case,
     word_vocabulary,
 )
-from ingest.lines import Line, build_lines, is_mathy, recount_math
+from ingest.lines import Line, build_lines, is_mathy, recount_math, split_line
 from ingest.references import parse_entry, split_entries
 from ingest.runs import PageRuns, font_cache, page_runs
 from ingest.tables import Table, build_table, collect_table_lines, table_band
@@ -54,7 +54,8 @@ NUMBERED_HEADING = re.compile(r"^((?:\d{1,2}|[A-H])(?:\.\d{1,2}){0,3})\.?\s+(\S.
 REFERENCES_HEADING = re.compile(r"^(?:\d{1,2}\.?\s+)?(references|bibliography|literature cited|works cited)$", re.I)
 ABSTRACT_HEADING = re.compile(r"^abstract\b", re.I)
 EQUATION_NUMBER = re.compile(r"\((\d{1,3}[a-z]?|[A-Z]\.\d{1,3})\)$")
-ARXIV_STAMP = re.compile(r"arXiv:\s*\d{4}\.\d{4,5}", re.I)
+# arXiv's side stamp: "arXiv:1706.03762v7 [cs.CL] 2 Aug 2023" (not a citation's "arXiv:1607.06450, 2016")
+ARXIV_STAMP = re.compile(r"arXiv:\s*\d{4}\.\d{4,5}v\d+\s*\[[\w.\- ]+\]", re.I)
 SENTENCE_END = re.compile(r"[.!?:][)\]\"”’']*$")
 DIGITS = re.compile(r"\d+")
 RUNNING_MARGIN = 0.085  # share of the page height at the top and bottom where running lines live
@@ -191,12 +192,15 @@ def _drop_running_lines(work: list[_PageWork]) -> None:
 def _classify_page(page: _PageWork, stats: _Stats) -> None:
     lines = [ln for ln in page.lines if ln.kind != "running"]
     page.columns, page.text_box = _columns(lines, page.runs, stats)
+    if page.columns is not None and _split_at_gutter(page, page.columns[1]):
+        lines = [ln for ln in page.lines if ln.kind != "running"]
     _assign_columns(lines, page.columns)
     for line in lines:
         if line.region:
             line.kind = "figure"
         elif not line.upright:
             line.kind = "front" if ARXIV_STAMP.search(line.text) else "figure"
+    _mark_flow(lines, page, stats)
     captions = _captions(lines)
     for label, caption_lines in captions:
         if label.startswith("Table"):
@@ -222,31 +226,54 @@ def _columns(
     lines: list[Line], runs: PageRuns, stats: _Stats
 ) -> tuple[tuple[float, float, float] | None, tuple[float, float]]:
     """((left, gutter, right) when the page is set in two columns, else None; (left, right) of the text)."""
+    # Pieces of running text: lines, or the two cells of a line that holds one line of each column
+    # (a content stream that goes left, right, left, ...).
     body = [
-        ln
+        piece
         for ln in lines
-        if ln.upright
-        and not ln.region
-        and abs(ln.size - stats.body_size) <= 0.15 * stats.body_size
-        and ln.width > 0.2 * runs.width
+        if ln.upright and not ln.region and abs(ln.size - stats.body_size) <= 0.15 * stats.body_size
+        for piece in (ln.cells if len(ln.cells) == 2 else [ln])
+        if piece.x1 - piece.x0 > 0.2 * runs.width
     ]
     if len(body) < 4:
         return None, (runs.x_origin + 0.1 * runs.width, runs.x_origin + 0.9 * runs.width)
-    x0s = sorted(ln.x0 for ln in body)
-    x1s = sorted(ln.x1 for ln in body)
+    x0s = sorted(piece.x0 for piece in body)
+    x1s = sorted(piece.x1 for piece in body)
     left, right = x0s[len(x0s) // 20], x1s[-1 - len(x1s) // 20]
     middle = (left + right) / 2
-    in_left = [ln for ln in body if ln.x1 < middle]
-    in_right = [ln for ln in body if ln.x0 > middle]
+    in_left = [piece for piece in body if piece.x1 < middle]
+    in_right = [piece for piece in body if piece.x0 > middle]
     if (
         len(body) < 8
         or min(len(in_left), len(in_right)) < 0.2 * len(body)
         or len(in_left) + len(in_right) < 0.6 * len(body)
     ):
         return None, (left, right)
-    left_edge = sorted(ln.x1 for ln in in_left)[-1 - len(in_left) // 20]
-    right_edge = sorted(ln.x0 for ln in in_right)[len(in_right) // 20]
+    left_edge = sorted(piece.x1 for piece in in_left)[-1 - len(in_left) // 20]
+    right_edge = sorted(piece.x0 for piece in in_right)[len(in_right) // 20]
     return (left, (left_edge + right_edge) / 2, right), (left, right)
+
+
+def _split_at_gutter(page: _PageWork, gutter: float) -> bool:
+    """Cut lines that hold text of both columns (a cell ends left of the gutter, the next starts
+    right of it) into one line per column. True when a line was cut."""
+    out: list[Line] = []
+    for line in page.lines:
+        cut = next(
+            (
+                b.start
+                for a, b in zip(line.cells, line.cells[1:], strict=False)
+                if a.x1 < gutter + 2 and b.x0 > gutter - 2
+            ),
+            None,
+        )
+        out.extend(split_line(line, cut) if cut and line.kind == "text" and line.upright else [line])
+    if len(out) == len(page.lines):
+        return False
+    for order, line in enumerate(out):
+        line.order = order
+    page.lines = out
+    return True
 
 
 def _assign_columns(lines: list[Line], columns: tuple[float, float, float] | None) -> None:
@@ -368,12 +395,8 @@ def _claim_region_text(lines: list[Line], page: _PageWork, stats: _Stats) -> Non
             continue
         margin = 1.5 * line.size
         for region in page.runs.regions:
-            if (
-                line.x1 > region.x0 - margin
-                and line.x0 < region.x1 + margin
-                and line.bottom < region.y1 + margin
-                and line.top > region.y0 - margin
-            ):
+            across = min(line.x1, region.x1 + margin) - max(line.x0, region.x0 - margin)
+            if across > 0.5 * line.width and line.bottom < region.y1 + margin and line.top > region.y0 - margin:
                 line.kind, line.region = "figure", region.id
                 break
 
@@ -417,14 +440,35 @@ def _overlap(line: Line, band: tuple[float, float]) -> float:
 
 
 def _prose(line: Line, page: _PageWork, stats: _Stats) -> bool:
-    """A line of running text: most of its column wide with several words, or a sentence's end."""
+    """A line of running text: most of its column wide with several words, a sentence's end, or
+    the next line of a paragraph (right below a wide line, at the usual spacing)."""
     words = len(line.text.split())
     if line.kind == "equation":
         return False
+    if "flow" in line.notes:
+        return True
     left, right = _column_edges(line, page)
-    if line.width >= 0.7 * (right - left) and words >= 6:
+    if line.width >= 0.7 * (right - left) and words >= 4:
         return True
     return words >= 4 and bool(SENTENCE_END.search(line.text)) and line.size >= 0.95 * stats.body_size
+
+
+def _mark_flow(lines: list[Line], page: _PageWork, stats: _Stats) -> None:
+    """Note the lines that continue a paragraph: right below a wide body-size line of the same
+    column (in content order), at about the usual line spacing, starting at about the same x."""
+    for previous, line in zip(lines, lines[1:], strict=False):
+        if previous.kind != "text" or line.kind != "text" or previous.column != line.column:
+            continue
+        left, right = _column_edges(previous, page)
+        step = previous.y - line.y
+        if (
+            previous.width >= 0.85 * (right - left)
+            and abs(previous.size - line.size) < 0.5
+            and line.size >= 0.95 * stats.body_size
+            and 0.8 * stats.line_gap <= step <= 1.3 * stats.line_gap
+            and abs(line.x0 - previous.x0) < 2 * line.size
+        ):
+            line.notes.add("flow")
 
 
 def _debris_like(line: Line, stats: _Stats, column_width: float) -> bool:
@@ -628,7 +672,6 @@ def _reading_order(page: _PageWork, stats: _Stats) -> None:
     )
     if switches <= 2 and climbs <= 2:
         return
-    page.reordered = True
     rank = {"F": 0, "L": 1, "R": 2}
     # Bands between full-width lines; inside a band, the left column, then the right one.
     ordered = sorted(prose, key=lambda ln: -ln.y)
@@ -638,6 +681,9 @@ def _reading_order(page: _PageWork, stats: _Stats) -> None:
             band += 1
         bands[id(line)] = band
     positions = sorted(prose, key=lambda ln: (bands[id(ln)], rank[ln.column] if ln.column != "F" else 0, -ln.y))
+    if positions == prose:  # the columns alternate, but each in its place (boxes side by side)
+        return
+    page.reordered = True
     orders = sorted(ln.order for ln in prose)
     for line, order in zip(positions, orders, strict=True):
         line.order = order
@@ -895,16 +941,16 @@ def _report(work: list[_PageWork], pages: list[Page], references: dict[int, list
     }
     unlabelled = sum(1 for p in pages for b in p.blocks if b.kind == "figure" and not b.label)
     warnings = list(warnings)
-    textless = [p.number for p in work if not any(ln.kind != "running" for ln in p.lines)]
     scanned = [p.number for p in work if p.runs.images and not p.lines]
-    if scanned and len(scanned) >= max(1, len(work) // 2):
-        warnings.append(f"no text layer: scanned? ({len(scanned)} of {len(work)} pages are images without text)")
+    blank = [p.number for p in work if not p.runs.images and not any(ln.kind != "running" for ln in p.lines)]
+    if len(scanned) == len(work):
+        warnings.append(f"no text layer: scanned? (all {len(work)} pages are images without text)")
     elif scanned:
         warnings.append(f"no text layer: scanned? (page(s) {scanned[:10]})")
-    elif textless and len(textless) < len(work):
-        warnings.append(f"{len(textless)} page(s) without text: {textless[:10]}")
-    elif textless:
+    if len(blank) == len(work):
         warnings.append("no text layer: scanned? (no page has text)")
+    elif blank:
+        warnings.append(f"{len(blank)} page(s) without text: {blank[:10]}")
     reordered = [p.number for p in work if p.reordered]
     if reordered:
         warnings.append(f"odd reading order on page(s) {reordered[:10]}: text re-ordered by position")

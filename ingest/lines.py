@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ingest.clean import INVISIBLE, ODD_SPACES, fix_accents, fix_ligatures
 from ingest.runs import Run
@@ -193,7 +193,7 @@ def make_line(runs: list[Run], order: int) -> Line | None:
                 parts.append(" ")
                 length += 1
                 cell_start, cell_x0 = length, run.x0
-            elif gap > SPACE_GAP_EM * em and not _thousands(parts[-1], text, gap, em):
+            elif gap > SPACE_GAP_EM * em and not _thousands("".join(parts[-2:]), text, gap, em):
                 if not (parts and parts[-1].endswith(" ")) and not text.startswith(" "):
                     parts.append(" ")
                     length += 1
@@ -252,7 +252,8 @@ def _along(run: Run, y: float) -> float:
 
 def _thousands(before: str, after: str, gap: float, em: float) -> bool:
     """ "2," + "000" set in math mode, with the thin space TeX puts after a comma: one number."""
-    return before[-2:-1].isdigit() and before.endswith(",") and after[:3].isdigit() and gap < 0.3 * em
+    three_digits = after[:3].isdigit() and not after[3:4].isdigit()
+    return before[-2:-1].isdigit() and before.endswith(",") and three_digits and gap < 0.3 * em
 
 
 def _merge_word_boxes(boxes: list[Box], text: str) -> list[Box]:
@@ -282,6 +283,34 @@ def build_lines(runs: list[Run]) -> list[Line]:
         if line is not None:
             lines.append(line)
     return lines
+
+
+def split_line(line: Line, at: int) -> list[Line]:
+    """A line cut in two at character `at` (where a cell starts): each part keeps its own words,
+    cells and scripts."""
+    left_boxes = [b for b in line.boxes if b.end <= at]
+    right_boxes = [Box(b.start - at, b.end - at, b.x0, b.y0, b.x1, b.y1) for b in line.boxes if b.start >= at]
+    if not left_boxes or not right_boxes:
+        return [line]
+    left = replace(
+        line,
+        text=line.text[:at].rstrip(),
+        x1=max(b.x1 for b in left_boxes),
+        cells=[c for c in line.cells if c.start < at],
+        boxes=left_boxes,
+        scripts=[(s, e) for s, e in line.scripts if e <= at],
+        notes=set(line.notes),
+    )
+    right = replace(
+        line,
+        text=line.text[at:],
+        x0=min(b.x0 for b in right_boxes),
+        cells=[Cell(c.x0, c.x1, c.text, c.start - at) for c in line.cells if c.start >= at],
+        boxes=right_boxes,
+        scripts=[(s - at, e - at) for s, e in line.scripts if s >= at],
+        notes=set(line.notes),
+    )
+    return [left, right]
 
 
 def without_scripts(line: Line, mark: str = ",") -> str:

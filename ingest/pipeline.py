@@ -491,8 +491,12 @@ class IngestPipeline:
 
 def choose_title(source: Source, parsed: ParsedDocument) -> str:
     """The title a document is listed and cited under: the one its source gives (arXiv's metadata,
-    the reading list's link text), else the one printed on its first page, else its file name."""
-    return source.title or parsed.title or source.source
+    the reading list's link text), else the one printed on its first page, else its file name; with
+    the reading list's alias after it ("... (GPT-2)")."""
+    title = source.title or parsed.title or source.source
+    if source.alias and source.alias.lower() not in title.lower():
+        title = f"{title} ({source.alias})"
+    return title
 
 
 def decide_kind(sniffed: str | None, hint: str | None, local: bool, location: str) -> str:

@@ -23,7 +23,7 @@ YEAR = re.compile(r"(?<![\d.])((?:19[5-9]|20[0-4])\d)[a-z]?(?![\d])")
 AUTHOR_YEAR = re.compile(r"^(?P<authors>.{3,600}?)[.,]\s+(?P<year>(?:19|20)\d{2})[a-z]?\.\s+(?P<rest>.+)$", re.S)
 # A full stop ending the author list: not one after an initial ("E.") or inside "et al."
 AUTHORS_END = re.compile(r"(?<!\b[A-Z])(?<!\bal)(?<!\bJr)(?<!\bSt)\.\s+(?=[A-Z0-9\"“'(])")
-SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]”\"?!])[.?!]\s+(?=[A-Z\"“(])")
+SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]”\"?!])[.?!]\s+(?=[A-Za-z\"“(])")
 
 
 @dataclass
