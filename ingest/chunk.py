@@ -143,7 +143,7 @@ def block_texts(block: Block, size: int, overlap: int, min_chars: int) -> list[t
             out.append(("\n".join(rows), block.entries[at : at + len(rows)]))
             at += len(rows)
         return out
-    if len(block.text) <= 2 * size:
+    if len(block.text) <= 2 * size or block.kind == "figure":  # a figure's text stays one unit
         return [(block.text, [])]
     return [(block.text[s:e], []) for s, e in chunk_spans(block.text, size, overlap, min_chars)]
 
@@ -162,8 +162,19 @@ def _packed(rows: list[str], room: int) -> list[list[str]]:
     return groups
 
 
+# Characters of a block's text that are embedded. BM25 indexes every word of every chunk; the dense
+# vector of a table only needs its caption and header (the rows are numbers the model reads poorly),
+# and that of a reference list, figure text or front matter only its gist: embedding less of them
+# keeps ingest as fast as before these blocks became chunks of their own (docs/benchmarks.md).
+EMBEDDED_CHARS = {"table": 300, "reference": 160, "figure": 120, "front": 120}
+
+
 def embedding_text(chunk: Chunk, title: str) -> str:
     """What is embedded for a chunk: its text behind a short header naming the paper and section,
     so a passage that never repeats the paper's name can still be found by it."""
-    header = " - ".join(part for part in (title, chunk.section) if part)
-    return f"{header}\n{chunk.text}" if header else chunk.text
+    header = " - ".join(part for part in (title, chunk.section, chunk.label) if part and part not in chunk.text[:80])
+    text = chunk.text
+    if chunk.block == "table":  # caption and header
+        text = "\n".join(text.split("\n")[:2])
+    text = text[: EMBEDDED_CHARS.get(chunk.block, len(text))]
+    return f"{header}\n{text}" if header else text

@@ -23,6 +23,7 @@ when they find nothing to act on.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
 import re
@@ -61,6 +62,7 @@ DIGITS = re.compile(r"\d+")
 RUNNING_MARGIN = 0.085  # share of the page height at the top and bottom where running lines live
 
 PROSE_KINDS = ("text", "equation", "debris")
+MIN_FIGURE_WORDS = 4  # figure text with fewer words or numbers than this is not kept as a block
 
 
 @dataclass
@@ -489,14 +491,14 @@ def _claim_debris(lines: list[Line], page: _PageWork, stats: _Stats, captions) -
     """Clusters of debris-like lines are figure text; a lone one stays in the text, marked."""
     width = (page.columns[1] - page.columns[0]) if page.columns else page.text_box[1] - page.text_box[0]
     footer = page.runs.y_origin + page.runs.height * 0.12
-    suspects = [ln for ln in lines if ln.kind == "text" and ln.y > footer and _debris_like(ln, stats, width)]
-    for line in suspects:
-        near = [
-            other
-            for other in suspects
-            if other is not line and abs(other.y - line.y) < 4 * stats.body_size and abs(other.x0 - line.x0) < width
-        ]
-        line.kind = "figure" if len(near) >= 2 else "debris"
+    candidates = [ln for ln in lines if ln.kind == "text" and ln.y > footer and _debris_like(ln, stats, width)]
+    suspects = sorted(candidates, key=lambda ln: ln.y)
+    ys = [ln.y for ln in suspects]
+    reach = 4 * stats.body_size
+    for line in suspects:  # neighbours within `reach` above or below (sorted by y: a window, not all pairs)
+        window = suspects[bisect.bisect_left(ys, line.y - reach) : bisect.bisect_right(ys, line.y + reach)]
+        near = sum(1 for other in window if other is not line and abs(other.x0 - line.x0) < width)
+        line.kind = "figure" if near >= 2 else "debris"
         if line.kind == "figure":
             line.label = _nearest_figure_label(line, captions)
 
@@ -782,13 +784,16 @@ def _blocks(page: _PageWork, anchors: dict[int, int], references: list) -> list[
 
     blocks: list[Block] = []
     captions: dict[str, list[Line]] = {}
-    figures: dict[str, list[Line]] = {}
     for line in lines:
         if line.kind == "caption":
             captions.setdefault(line.label, []).append(line)
-        elif line.kind == "figure":
-            key = line.label or (f"region {line.region}" if line.region else "figure")
-            figures.setdefault(key, []).append(line)
+    # One figure block per figure: its regions and loose labels together (unlabelled text of the
+    # page in one more); a block with hardly any words ("(a) (b)") is not worth a chunk.
+    region_labels = _region_labels(page, captions)
+    figures: dict[str, list[Line]] = {}
+    for line in lines:
+        if line.kind == "figure":
+            figures.setdefault(line.label or region_labels.get(line.region, ""), []).append(line)
     for label, group in captions.items():
         blocks.append(Block("caption", join_lines(group), label=label, offset=anchor(group)))
     for table in page.tables:
@@ -803,11 +808,10 @@ def _blocks(page: _PageWork, anchors: dict[int, int], references: list) -> list[
                 rows=[" | ".join(r) for r in table.rows],
             )
         )
-    region_labels = _region_labels(page, captions)
-    for key, group in figures.items():
-        label = key if key.startswith("Figure") else region_labels.get(group[0].region, "")
-        ordered = sorted(group, key=lambda ln: (-round(ln.y), ln.x0))
-        blocks.append(Block("figure", "\n".join(ln.text for ln in ordered), label=label, offset=anchor(group)))
+    for label, group in figures.items():
+        text = "\n".join(ln.text for ln in sorted(group, key=lambda ln: (ln.region, -round(ln.y), ln.x0)))
+        if len(re.findall(r"[A-Za-z]{2,}|\d+", text)) >= MIN_FIGURE_WORDS:
+            blocks.append(Block("figure", text, label=label, offset=anchor(group)))
     front = [ln for ln in lines if ln.kind == "front"]
     if front:
         blocks.append(Block("front", "\n".join(ln.text for ln in front), offset=anchor(front)))
@@ -879,7 +883,7 @@ def save_positions(path: Path, positions: list[PagePositions]) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=5) as f:
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as f:
         json.dump(data, f, separators=(",", ":"))
     tmp.replace(path)
 

@@ -27,6 +27,8 @@ IDENTITY = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 # A form XObject covering this share of the page is a page wrapper, not a figure.
 WRAPPER_AREA_SHARE = 0.6
 MAX_FORM_DEPTH = 12  # nested forms deeper than this are skipped (cycles, hostile files)
+MAX_FORMS = 5000  # form XObjects drawn per page before the rest are skipped (pypdf stops there too)
+MAX_REGIONS = 300  # figure regions kept per page
 
 
 @dataclass(slots=True)
@@ -63,13 +65,6 @@ class Region:
     x1: float
     y1: float
     kind: str  # "image" | "form"
-
-    def contains(self, x: float, y: float, margin: float = 2.0) -> bool:
-        return self.x0 - margin <= x <= self.x1 + margin and self.y0 - margin <= y <= self.y1 + margin
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
 
 
 @dataclass
@@ -274,7 +269,7 @@ class _Interpreter:
         if subtype != "/Form" or depth >= MAX_FORM_DEPTH:
             return
         self.forms_seen += 1
-        if self.forms_seen > 5000:  # hostile or pathological documents: stop descending
+        if self.forms_seen > MAX_FORMS:  # hostile or pathological documents: stop descending
             return
         matrix = _numbers(list(xobject.get("/Matrix", IDENTITY)), 6) or list(IDENTITY)
         form_ctm = mult(tuple(matrix), ctm)
@@ -306,6 +301,8 @@ class _Interpreter:
             self._new_region(x0, y0, x1, y1, "image")
 
     def _new_region(self, x0: float, y0: float, x1: float, y1: float, kind: str) -> int:
+        if len(self.regions) >= MAX_REGIONS:  # tiles of one picture: the ones so far mark it well enough
+            return 0
         region = Region(len(self.regions) + 1, x0, y0, x1, y1, kind)
         self.regions.append(region)
         return region.id

@@ -126,24 +126,36 @@ def _rows(lines: list[Line]) -> list[list[_Cell]]:
 
 def _columns(rows: list[list[_Cell]]) -> list[tuple[float, float]]:
     """X-ranges covered by enough rows; a gap most rows leave empty separates two columns."""
-    edges = sorted({round(v, 1) for row in rows for c in row for v in (c.x0, c.x1)})
-    if len(edges) < 2:
-        return [(rows[0][0].x0, rows[0][-1].x1)] if rows and rows[0] else []
+    events: list[tuple[float, int]] = []  # +1 where a row's covered stretch starts, -1 where it ends
+    for row in rows:
+        for x0, x1 in _merged(sorted((c.x0, c.x1) for c in row)):
+            events += [(x0, 1), (x1, -1)]
+    if not events:
+        return []
+    events.sort(key=lambda e: (e[0], -e[1]))  # at one x, starts before ends: touching cells leave no gap
     quiet = max(0, int(0.12 * len(rows)))
     columns: list[tuple[float, float]] = []
-    start = None
-    for a, b in zip(edges, edges[1:], strict=False):
-        middle = (a + b) / 2
-        covered = sum(any(c.x0 <= middle <= c.x1 for c in row) for row in rows)
-        if covered > quiet:
-            start = a if start is None else start
-            end = b
-        elif start is not None:
-            columns.append((start, end))
+    covered, start = 0, None
+    for x, step in events:
+        before = covered
+        covered += step
+        if before <= quiet < covered and start is None:
+            start = x
+        elif covered <= quiet < before and start is not None:
+            columns.append((start, x))
             start = None
-    if start is not None:
-        columns.append((start, end))
     return columns
+
+
+def _merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Overlapping (sorted) intervals of one row joined."""
+    out: list[tuple[float, float]] = []
+    for x0, x1 in spans:
+        if out and x0 <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], x1))
+        else:
+            out.append((x0, x1))
+    return out
 
 
 def _column_of(cell: _Cell, columns: list[tuple[float, float]]) -> int:
@@ -187,7 +199,8 @@ def _spread_row_labels(rows: list[list[str]], ys: list[float]) -> list[list[str]
     if not rows or len(rows[0]) < 2:
         return rows
     label_only = [i for i, r in enumerate(rows) if r[0] and not any(r[1:])]
-    others = [i for i in range(len(rows)) if i not in label_only]
+    skip = set(label_only)
+    others = [i for i in range(len(rows)) if i not in skip]
     group_of = _row_groups(others, ys)
     names: dict[int, set[str]] = {}
     for i in others:

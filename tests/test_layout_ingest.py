@@ -16,7 +16,7 @@ from conftest import ROOT
 from test_layout import make_pdf
 
 from cove.catalog import Catalog, DocumentRecord
-from cove.docs import BLOCK_KINDS, unquotable_spans
+from cove.docs import BLOCK_KINDS, SPAN_KINDS, unquotable_spans
 from cove.store import ChunkStore
 from ingest.layout import page_box, positions_path, quote_boxes
 from ingest.pipeline import ingest
@@ -38,7 +38,7 @@ def test_chunks_carry_block_label_spans_and_section(small_library):
     assert set(kinds) == set(BLOCK_KINDS), kinds
     for text, meta in chunks:
         spans = json.loads(meta["spans"])
-        assert all(0 <= s < e <= len(text) and k in ("equation", "figure", "front", "reference") for s, e, k in spans)
+        assert all(0 <= s < e <= len(text) and k in SPAN_KINDS for s, e, k in spans)
         assert isinstance(meta["section"], str) and isinstance(meta["label"], str)
         if meta["block"] in ("figure", "reference", "front"):
             assert unquotable_spans(meta, text) == [(0, len(text), meta["block"])]
