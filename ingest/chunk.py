@@ -172,7 +172,8 @@ EMBEDDED_CHARS = {"table": 300, "reference": 160, "figure": 120, "front": 120}
 def embedding_text(chunk: Chunk, title: str) -> str:
     """What is embedded for a chunk: its text behind a short header naming the paper and section,
     so a passage that never repeats the paper's name can still be found by it."""
-    header = " - ".join(part for part in (title, chunk.section, chunk.label) if part and part not in chunk.text[:80])
+    label = chunk.label if chunk.label and chunk.label not in chunk.text[:80] else ""  # figure text: name it
+    header = " - ".join(part for part in (title, chunk.section, label) if part)
     text = chunk.text
     if chunk.block == "table":  # caption and header
         text = "\n".join(text.split("\n")[:2])
