@@ -14,7 +14,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from ingest.clean import INVISIBLE, ODD_SPACES, fix_accents, fix_ligatures
+from ingest.clean import INVISIBLE, ODD_SPACES, SPACING_ACCENTS, fix_accents, fix_ligatures
 from ingest.runs import Run
 
 SPACE_GAP_EM = 0.15  # a gap wider than this (in ems of the smaller font) is a space
@@ -135,20 +135,13 @@ def group_runs(runs: list[Run]) -> list[list[Run]]:
     return groups
 
 
-SPACING_ACCENTS = {
-    "\u00a8": "\u0308",
-    "\u00b4": "\u0301",
-    "`": "\u0300",
-    "\u02c6": "\u0302",
-    "\u02dc": "\u0303",
-    "\u02da": "\u030a",
-}
+ACCENTS = {**SPACING_ACCENTS, "\u02da": "\u030a"}  # TeX's ring too ("˚a" -> "å")
 
 
 def _place_accents(runs: list[Run]) -> list[Run]:
     """TeX draws an accent as a glyph of its own over the letter ("R¨uckl´e"): put it on the letter it
     sits over, as a combining mark ("Rücklé")."""
-    accents = [r for r in runs if len(r.text) == 1 and r.text in SPACING_ACCENTS]
+    accents = [r for r in runs if len(r.text) == 1 and r.text in ACCENTS]
     if not accents:
         return runs
     kept = [r for r in runs if r not in accents]
@@ -161,7 +154,7 @@ def _place_accents(runs: list[Run]) -> list[Run]:
         at = min(len(base.text) - 1, max(0, int((centre - base.x0) / max(1e-6, base.x1 - base.x0) * len(base.text))))
         if not base.text[at].isalpha():
             at = next((i for i in range(at, -1, -1) if base.text[i].isalpha()), at)
-        base.text = base.text[: at + 1] + SPACING_ACCENTS[accent.text] + base.text[at + 1 :]
+        base.text = base.text[: at + 1] + ACCENTS[accent.text] + base.text[at + 1 :]
     return sorted(kept, key=lambda r: r.x0)
 
 

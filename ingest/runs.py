@@ -29,6 +29,14 @@ WRAPPER_AREA_SHARE = 0.6
 MAX_FORM_DEPTH = 12  # nested forms deeper than this are skipped (cycles, hostile files)
 MAX_FORMS = 5000  # form XObjects drawn per page before the rest are skipped (pypdf stops there too)
 MAX_REGIONS = 300  # figure regions kept per page
+# Operators that set one number of the text state: (field of _State, factor). Tz is a percentage.
+TEXT_STATE_OPERATORS = {
+    b"Tc": ("char_spacing", 1.0),
+    b"Tw": ("word_spacing", 1.0),
+    b"Tz": ("scaling", 0.01),
+    b"TL": ("leading", 1.0),
+    b"Ts": ("rise", 1.0),
+}
 
 
 @dataclass(slots=True)
@@ -236,21 +244,11 @@ class _Interpreter:
             elif op == b"Q":
                 if stack:
                     state = stack.pop()
-            elif op == b"Tc":
+            elif op in TEXT_STATE_OPERATORS:
                 value = _numbers(operands, 1)
-                state.char_spacing = value[0] if value else state.char_spacing
-            elif op == b"Tw":
-                value = _numbers(operands, 1)
-                state.word_spacing = value[0] if value else state.word_spacing
-            elif op == b"Tz":
-                value = _numbers(operands, 1)
-                state.scaling = value[0] / 100 if value else state.scaling
-            elif op == b"TL":
-                value = _numbers(operands, 1)
-                state.leading = value[0] if value else state.leading
-            elif op == b"Ts":
-                value = _numbers(operands, 1)
-                state.rise = value[0] if value else state.rise
+                if value:
+                    name, scale = TEXT_STATE_OPERATORS[op]
+                    setattr(state, name, value[0] * scale)
             elif op == b"Do":
                 if operands and xobjects and operands[0] in xobjects:
                     self._draw_xobject(xobjects.raw_get(operands[0]), state.ctm, region, depth)

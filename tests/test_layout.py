@@ -10,12 +10,11 @@ content stream interleaves the columns, a heading, pages without a text layer.
 from __future__ import annotations
 
 import csv
-import io
 import re
 from functools import cache
 
 import pytest
-from conftest import CORPUS, corpus_pdf, make_scanned_pdf
+from conftest import CORPUS, corpus_pdf, make_scanned_pdf, write_pdf
 
 from cove.docs import ParsedDocument, unquotable_spans
 from ingest.chunk import chunk_document
@@ -257,18 +256,7 @@ def make_pdf(pages: list[list[tuple[float, float, str, str]]], image_pages: int 
         b" ".join(b"%d 0 R" % k for k in kids),
         len(kids),
     )
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    for offset in offsets:
-        out.write(b"%010d 00000 n \n" % offset)
-    out.write(b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, catalog, xref))
-    return out.getvalue()
+    return write_pdf(objects, root=catalog)
 
 
 LEFT = [
