@@ -410,7 +410,9 @@ class IngestPipeline:
         import numpy as np
 
         t0 = time.perf_counter()
-        step = max(self.settings.embed.batch_size, 64)
+        # Large calls: the model sorts each call's texts by length, so short chunks (captions, figure
+        # text) share batches instead of each padding a batch of long ones.
+        step = max(self.settings.embed.batch_size, 256)
         parts = []
         for start in range(0, len(texts), step):
             parts.append(self.embedder.embed(texts[start : start + step]))
