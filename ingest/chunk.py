@@ -164,9 +164,8 @@ def _packed(rows: list[str], room: int) -> list[list[str]]:
 
 # Characters of a block's text that are embedded. BM25 indexes every word of every chunk; the dense
 # vector of a table only needs its caption and header (the rows are numbers the model reads poorly),
-# and that of a reference list, figure text or front matter only its gist: embedding less of them
-# keeps ingest as fast as before these blocks became chunks of their own (docs/benchmarks.md).
-EMBEDDED_CHARS = {"table": 300, "reference": 160, "figure": 120, "front": 120}
+# and that of front matter only its gist.
+EMBEDDED_CHARS = {"table": 300, "front": 120}
 
 
 def embedding_text(chunk: Chunk, title: str) -> str:
@@ -179,3 +178,31 @@ def embedding_text(chunk: Chunk, title: str) -> str:
         text = "\n".join(text.split("\n")[:2])
     text = text[: EMBEDDED_CHARS.get(chunk.block, len(text))]
     return f"{header}\n{text}" if header else text
+
+
+def embedding_plan(chunks: list[Chunk], title: str) -> tuple[list[str], list[int]]:
+    """The texts to embed for a document's chunks, and for each chunk the text whose vector it takes.
+
+    Figure text and reference lists are found by their words (BM25 indexes all of them) and are never
+    quoted; their vector only needs to say what they belong to. A figure's text takes its caption's
+    vector (same page and label), every reference chunk the vector of "<title> - References". This
+    keeps ingest about as fast as before these blocks became chunks of their own (docs/benchmarks.md)."""
+    texts: list[str] = []
+    where: dict[str, int] = {}
+
+    def index_of(text: str) -> int:
+        if text not in where:
+            where[text] = len(texts)
+            texts.append(text)
+        return where[text]
+
+    captions = {(c.page_start, c.label): c for c in chunks if c.block == "caption"}
+    plan = []
+    for chunk in chunks:
+        if chunk.block == "reference":
+            plan.append(index_of(f"{title} - References" if title else "References"))
+        elif chunk.block == "figure" and (chunk.page_start, chunk.label) in captions:
+            plan.append(index_of(embedding_text(captions[(chunk.page_start, chunk.label)], title)))
+        else:
+            plan.append(index_of(embedding_text(chunk, title)))
+    return texts, plan

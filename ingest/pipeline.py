@@ -31,7 +31,7 @@ from cove.lexical import drop_other_lexical_indexes
 from cove.settings import CoveSettings
 from cove.store import StoreUnavailable
 from ingest.arxiv import parse_api_response, split_version
-from ingest.chunk import chunk_document, embedding_text
+from ingest.chunk import chunk_document, embedding_plan
 from ingest.fetch import Fetcher, FetchError, cache_paths
 from ingest.parse import ParseError, parse_file, sniff_kind
 from ingest.sources import Source, dedupe
@@ -372,7 +372,8 @@ class IngestPipeline:
             self._record_failure(source, item.previous, "no text left after cleaning", report)
             return
 
-        vectors = self._embed([embedding_text(c, title) for c in chunks], source.source)
+        texts, plan = embedding_plan(chunks, title)
+        vectors = self._embed(texts, source.source)[plan]
         doc_fields = {"title": title, "source": source.source, "url": source.link, "kind": parsed.kind}
         t0 = time.perf_counter()
         self._store_for_writing().replace_document(

@@ -328,3 +328,19 @@ def test_a_scan_fails_with_its_report(tmp_path):
     with pytest.raises(ParseError, match="scanned PDF") as failure:
         parse_file(str(path), "pdf")
     assert any(w.startswith("no text layer: scanned?") for w in failure.value.report["warnings"])
+
+
+def test_figure_text_takes_its_captions_vector_and_references_share_one():
+    from ingest.chunk import embedding_plan
+
+    all_chunks = chunks("2302.13971.pdf")
+    texts, plan = embedding_plan(all_chunks, "LLaMA")
+    assert len(plan) == len(all_chunks) and len(texts) < len(all_chunks)
+    by_kind = {}
+    for chunk, index in zip(all_chunks, plan, strict=True):
+        by_kind.setdefault((chunk.block, chunk.page_start, chunk.label), set()).add(index)
+    assert by_kind[("figure", 3, "Figure 1")] == by_kind[("caption", 3, "Figure 1")]
+    references = {i for (block, _, _), found in by_kind.items() if block == "reference" for i in found}
+    assert len(references) == 1 and texts[references.pop()] == "LLaMA - References"
+    prose = [i for c, i in zip(all_chunks, plan, strict=True) if c.block == "prose"]
+    assert len(set(prose)) == len(prose)  # running text is embedded chunk by chunk
