@@ -176,7 +176,7 @@ def ingest(
 
 def _add_references(export: Path, chosen: list, bad: list) -> tuple[list, list]:
     """The entries of a BibTeX / Zotero export added to the sources; an unreadable export is one bad input."""
-    from ingest.references import ReferenceError, load_references
+    from ingest.refmanagers import ReferenceError, load_references
 
     try:
         found, problems = load_references(export)
@@ -224,6 +224,7 @@ def library(
     home: HomeOpt = None,
 ) -> None:
     """List the documents in the library, with their status and any error."""
+    from cove.catalog import parse_summary
     from cove.library import library_json
     from cove.sync import library_documents
 
@@ -237,11 +238,14 @@ def library(
         Console().print(f"The library at {where} is empty. Add papers with `cove ingest`.")
         return
     table = Table(title=f"Library: {where}")
-    for column in ("Title", "Source", "Kind", "Pages", "Chunks", "Status", "Error"):
+    for column in ("Title", "Source", "Kind", "Pages", "Chunks", "Parse", "Status", "Error / warnings"):
         table.add_column(column, overflow="fold")
     for r in records:
         status = {"ok": "[green]ok[/]", "failed": "[red]failed[/]"}.get(r.status, f"[yellow]{r.status}[/]")
-        table.add_row(r.title[:70], r.source, r.kind, str(r.pages), str(r.chunks), status, r.error)
+        notes = "; ".join(part for part in (r.error, r.warnings) if part)
+        table.add_row(
+            r.title[:70], r.source, r.kind, str(r.pages), str(r.chunks), parse_summary(r.report), status, notes
+        )
     Console().print(table)
 
 

@@ -24,6 +24,7 @@ import streamlit as st
 
 from app.markdown import answer_markdown, md, source_lines, verification_line
 from cove import events as ev
+from cove.catalog import parse_summary
 from cove.chat import ChatService, LibraryStatus, friendly_error
 from cove.conversations import Message, answer_note, correction_text, export_markdown
 from cove.settings import BUNDLED_CHAT_MODEL, CoveSettings, load_settings
@@ -260,7 +261,14 @@ def sidebar_library(svc: ChatService, library: LibraryStatus) -> None:
         if library.documents:
             st.dataframe(
                 [
-                    {"Title": d.title or d.source, "Pages": d.pages, "Chunks": d.chunks, "Status": d.status}
+                    {
+                        "Title": d.title or d.source,
+                        "Pages": d.pages,
+                        "Chunks": d.chunks,
+                        "Status": d.status,
+                        "Parse": parse_summary(d.report),
+                        "Warnings": d.warnings,
+                    }
                     for d in library.documents
                 ],
                 hide_index=True,

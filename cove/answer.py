@@ -37,6 +37,7 @@ import numpy as np
 from cove import text as tx
 from cove.checks import Evidence, SentenceCheck, check_sentence
 from cove.compose import Change, ComposeSettings, Composition, Correction, PartAnswer, best_for_part, compose
+from cove.docs import unquotable_spans
 from cove.events import (
     AnswerEvent,
     Composed,
@@ -231,15 +232,6 @@ def citation_url(meta: dict) -> str:
     return f"{url}#{anchor}" if anchor else url
 
 
-def unquotable_spans(metadata: dict) -> list[tuple[int, int, str]]:
-    """Character ranges of a chunk that are not prose (equations, figure text), from its metadata."""
-    raw = metadata.get("spans") or "[]"
-    try:
-        return [(int(s), int(e), str(k)) for s, e, k in json.loads(raw)]
-    except (ValueError, TypeError):
-        return []
-
-
 class AnswerEngine:
     """Answers questions from the library under `settings.home`. One per process; share it."""
 
@@ -335,8 +327,9 @@ class AnswerEngine:
             header += " (" + ", ".join(aliases) + ")"
         return Evidence(
             n, hit.text, header, np.asarray(hit.vector, dtype=np.float32) if hit.vector is not None else None,
-            unquotable=unquotable_spans(hit.metadata), block=str(hit.metadata.get("block") or "prose"),
-            doc_id=hit.doc_id, rank=hit.rank, cosine=hit.cosine,
+            unquotable=unquotable_spans(hit.metadata, hit.text), block=str(hit.metadata.get("block") or "prose"),
+            doc_id=hit.doc_id, label=str(hit.metadata.get("label") or ""), table_header=_header_cells(hit.metadata),
+            rank=hit.rank, cosine=hit.cosine,
         )  # fmt: skip
 
     # --- 2. coverage ------------------------------------------------------------------------------------
@@ -619,6 +612,14 @@ class AnswerEngine:
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+
+def _header_cells(metadata: dict) -> list[str]:
+    try:
+        cells = json.loads(metadata.get("header") or "[]")
+    except ValueError:
+        return []
+    return [str(c) for c in cells] if isinstance(cells, list) else []
 
 
 def _refusal(reason: str) -> Composition:

@@ -37,6 +37,8 @@ class Evidence:
     unquotable: list[tuple[int, int, str]] = field(default_factory=list)
     block: str = "prose"
     doc_id: str = ""
+    label: str = ""  # "Table 3" for a table chunk
+    table_header: list[str] = field(default_factory=list)  # a table chunk's header cells
     rank: int = 0  # 1-based place in the retrieval that found it (0: unknown)
     cosine: float = 0.0  # its similarity to the query that found it
 

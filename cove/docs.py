@@ -2,12 +2,24 @@
 
 These are plain dataclasses shared by ingest (which produces them) and the answer engine (which reads
 chunks back from the store), so both agree on one metadata vocabulary.
+
+What a chunk is (its `block`) and which of its characters must never be quoted as an answer (its
+`spans`) is the contract between the parser and the answer side; `unquotable_spans` reads it back
+from stored metadata.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+# What a chunk holds. Prose is running text (quotable, except its marked spans); the others are
+# searchable but never quoted as answer sentences, except tables and captions, which are quotable units.
+BLOCK_KINDS = ("prose", "table", "caption", "figure", "reference", "front")
+UNQUOTABLE_BLOCKS = ("figure", "reference", "front")
+# Kinds of spans inside a chunk's text that must never be quoted.
+SPAN_KINDS = ("equation", "figure", "front", "reference")
 
 
 @dataclass
@@ -20,12 +32,45 @@ class Section:
 
 
 @dataclass
+class Block:
+    """A unit of a page that is not running text: a table, a caption, figure text, reference entries
+    or front matter (title, authors, affiliations, e-mails, stamps). Chunked on its own."""
+
+    kind: str  # one of BLOCK_KINDS except "prose"
+    text: str
+    label: str = ""  # "Table 3", "Figure 2" (tables, captions, figures)
+    offset: int = 0  # where the block sits in its page's prose text (which section it is under)
+    caption: str = ""  # tables: the caption line
+    header: list[str] = field(default_factory=list)  # tables: the header cells
+    rows: list[str] = field(default_factory=list)  # tables: one line per row; references: one entry each
+    entries: list[dict[str, Any]] = field(default_factory=list)  # references: parsed fields per row
+
+
+@dataclass
 class Page:
-    """One page of cleaned text. HTML and text documents have a single page."""
+    """One page of cleaned text. HTML and text documents have a single page.
+
+    For PDFs, `text` is the page's running text only (headings are `sections`, not text); `spans`
+    marks ranges of it never to be quoted (equations, stray figure text); `blocks` hold the rest."""
 
     number: int  # 1-based, as pypdf counts pages
     text: str
     sections: list[Section] = field(default_factory=list)
+    spans: list[tuple[int, int, str]] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class PagePositions:
+    """Where a PDF page's text is drawn, for highlighting a quote on the page.
+
+    `text` is every line of the page in reading order (cleaned, one line per row); each box maps the
+    characters [start, end) of `text` to a rectangle (x0, y0, x1, y1) in PDF user space."""
+
+    number: int
+    box: tuple[float, float, float, float]  # the page's media box (x0, y0, x1, y1)
+    text: str
+    boxes: list[tuple[int, int, float, float, float, float]]
 
 
 @dataclass
@@ -36,10 +81,13 @@ class ParsedDocument:
     pages: list[Page]
     title: str = ""
     warnings: list[str] = field(default_factory=list)
+    authors: list[str] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)  # the parse report (pages, words, tables, ...)
+    positions: list[PagePositions] = field(default_factory=list)  # PDFs only
 
     @property
     def char_count(self) -> int:
-        return sum(len(p.text) for p in self.pages)
+        return sum(len(p.text) + sum(len(b.text) for b in p.blocks) for p in self.pages)
 
 
 @dataclass
@@ -56,10 +104,81 @@ class Chunk:
     char_end: int
     section: str = ""
     anchor: str = ""
+    block: str = "prose"  # one of BLOCK_KINDS
+    label: str = ""  # "Table 3" / "Figure 2" for table, caption and figure chunks
+    spans: list[tuple[int, int, str]] = field(default_factory=list)  # never-quote ranges of `text`
+    header: list[str] = field(default_factory=list)  # table chunks: the header cells
+    references: list[dict[str, Any]] = field(default_factory=list)  # reference chunks: parsed entries
 
     def metadata(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Chunk metadata for the store, joined with document fields (Chroma rejects None values)."""
-        meta = {k: v for k, v in asdict(self).items() if k not in ("id", "text")}
+        """Chunk metadata for the store, joined with document fields (Chroma rejects None values;
+        lists are stored as JSON strings, since metadata values must be scalars)."""
+        meta = {k: v for k, v in asdict(self).items() if k not in ("id", "text", "spans", "header", "references")}
+        meta["spans"] = json.dumps([list(s) for s in self.spans])
+        if self.header:
+            meta["header"] = json.dumps(self.header)
+        if self.references:
+            meta["references"] = json.dumps(self.references)
         for key in ("title", "source", "url", "kind"):
             meta[key] = doc.get(key) or ""
         return meta
+
+
+WHOLE_CHUNK = 10**9  # the end of a span covering a chunk whose length is not known
+
+
+def unquotable_spans(metadata: dict[str, Any], text: str | None = None) -> list[tuple[int, int, str]]:
+    """The [start, end) ranges of a stored chunk's text that must never be quoted as answer sentences,
+    with their kind ("equation", "figure", "front", "reference"). Figure, reference and front-matter
+    chunks are unquotable as a whole: for them the result is one span over the whole chunk (its
+    length from `text` when given, else from the stored span, else `WHOLE_CHUNK`)."""
+    spans = []
+    try:
+        raw = json.loads(metadata.get("spans") or "[]")
+    except (TypeError, ValueError):
+        raw = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, list) and len(item) == 3 and all(isinstance(v, int) for v in item[:2]):
+            spans.append((item[0], item[1], str(item[2])))
+    block = metadata.get("block", "prose")
+    if block in UNQUOTABLE_BLOCKS:
+        end = len(text) if text is not None else max((e for _, e, _ in spans), default=WHOLE_CHUNK)
+        return [(0, end, block)]
+    return spans
+
+
+def _squashed(text: str) -> tuple[str, list[int]]:
+    """Lower-case letters and digits only, with each one's index in `text`."""
+    kept, where = [], []
+    for i, char in enumerate(text):
+        if char.isalnum():
+            kept.append(char.lower())
+            where.append(i)
+    return "".join(kept), where
+
+
+def locate_quote(text: str, quote: str) -> tuple[int, int] | None:
+    """Where `quote` occurs in `text` as [start, end), ignoring case, spacing, punctuation and line-break
+    hyphens (a quote is whitespace-tidied, the text is not); a trailing ellipsis of a shortened quote
+    is dropped. None when it does not occur."""
+    quote = quote.rstrip().removesuffix("\u2026").removesuffix("...")
+    haystack, where = _squashed(text)
+    needle, _ = _squashed(quote)
+    if not needle:
+        return None
+    found = haystack.find(needle)
+    if found < 0:
+        return None
+    return where[found], where[found + len(needle) - 1] + 1
+
+
+def quote_is_unquotable(quote: str, text: str, metadata: dict[str, Any]) -> bool:
+    """Does a quote drawn from a chunk fall (even partly) on a never-quote span of it (an equation,
+    figure text, a reference entry, front matter), or come from a chunk that is unquotable as a whole?"""
+    if metadata.get("block", "prose") in UNQUOTABLE_BLOCKS:
+        return True
+    where = locate_quote(text, quote)
+    if where is None:
+        return False
+    start, end = where
+    return any(s < end and e > start for s, e, _ in unquotable_spans(metadata, text))

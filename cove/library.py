@@ -47,8 +47,11 @@ LIBRARY_KEYS = (
     "version",
     "topic",
     "citekey",
+    "aliases",
     "content_hash",
     "ingested_at",
+    "warnings",
+    "report",
 )
 
 

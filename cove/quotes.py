@@ -140,20 +140,19 @@ def _overlaps(start: int, end: int, spans: Sequence[tuple[int, int, str]]) -> bo
 
 
 def _table_rows(evidence: Evidence) -> list[Candidate]:
-    """Table chunks are 'caption / header / rows' lines (cells joined by ' | '): each row is quoted
-    with the table's label and header so the numbers keep their meaning."""
-    lines = evidence.text.split("\n")
-    if len(lines) < 3:
-        return []
-    caption, header = lines[0].strip(), lines[1].strip()
-    label = caption.split(":", 1)[0].strip() if ":" in caption[:20] else "Table"
-    out, offset = [], len(lines[0]) + len(lines[1]) + 2
-    for row in lines[2:]:
-        if row.strip():
-            out.append(
-                Candidate(f"{label} ({header}): {row.strip()}", evidence.n, offset, offset + len(row), table_row=True)
-            )
-        offset += len(row) + 1
+    """A table chunk is its caption line, its header cells joined by ' | ', then one line per row
+    (`ingest.tables`): each row is quoted with the table's label and header, so its numbers keep
+    their meaning ("Table 3 (N | dmodel | ...): base | 6 | 512 ...")."""
+    header = " | ".join(evidence.table_header)
+    label = evidence.label or "Table"
+    out, offset = [], 0
+    for line in evidence.text.split("\n"):
+        row = line.strip()
+        is_head = not row or row == header or row.startswith(label) or (not out and ":" in row[:20])
+        if not is_head and "|" in row:
+            shown = f"{label} ({header}): {row}" if header else f"{label}: {row}"
+            out.append(Candidate(shown, evidence.n, offset, offset + len(line), table_row=True))
+        offset += len(line) + 1
     return out
 
 

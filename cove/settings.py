@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Bump when parsing/cleaning/chunking code changes what a chunk contains: it is part of the index
 # identity, so stored libraries are rebuilt instead of mixing old and new chunks.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: layout-aware PDF parsing (blocks, spans, sections as metadata)
 
 BUNDLED_EMBED_MODEL = "bundled:all-MiniLM-L6-v2"
 BUNDLED_CHAT_MODEL = "bundled:SmolLM2-135M-Instruct"

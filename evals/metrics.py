@@ -10,6 +10,8 @@ chunks it retrieved and cited, so a score never depends on the model grading its
   evidence quote) and recall (share of gold pairs that were cited);
 - grounding: share of the numbers an answer states that appear in a chunk it cites; and, before
   the checks, the share of the numbers in the model's own text that appear in a retrieved chunk;
+- quote hygiene: share of citation quotes that fall on figure text, an equation, a reference entry
+  or front matter of the chunk they come from (its `spans` and `block`, see `cove.docs`);
 - cost: latency, prefill and decode tokens.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cove import text as tx
+from cove.docs import quote_is_unquotable
 from evals.dataset import EvalItem
 
 _ARXIV_ID = re.compile(r"(\d{4}\.\d{4,5})(v\d+)?")
@@ -62,8 +65,16 @@ def answer_numbers(answer_text: str) -> set[str]:
     return tx.numbers(tx.strip_citations(answer_text))
 
 
-def item_metrics(item: EvalItem, answer: dict[str, Any], chunk_texts: dict[str, str], k: int) -> dict[str, Any]:
-    """All per-item measurements; None where a metric does not apply to the item."""
+def item_metrics(
+    item: EvalItem,
+    answer: dict[str, Any],
+    chunk_texts: dict[str, str],
+    k: int,
+    chunk_metadata: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """All per-item measurements; None where a metric does not apply to the item.
+
+    `chunk_texts` and `chunk_metadata` hold the stored chunks the answer retrieved and cited, by id."""
     gold = _gold_keys(item)
     retrieved = [_key(r) for r in answer.get("retrieved", [])][:k]
     refused = bool(answer.get("refused"))
@@ -114,12 +125,29 @@ def item_metrics(item: EvalItem, answer: dict[str, Any], chunk_texts: dict[str, 
     row["model_numbers"] = len(model_stated)
     row["model_numbers_grounded"] = len(model_stated & in_retrieved)
 
+    # Quote hygiene: a quote must not come from figure text, an equation, a reference or front matter.
+    row["quotes"], row["quotes_unquotable"] = quote_counts(cited, chunk_texts, chunk_metadata or {})
+
     tokens = answer.get("tokens", {})
     row["latency_s"] = float(answer.get("timings", {}).get("total_s", 0.0))
     row["prefill_tokens"] = int(tokens.get("prefill", 0))
     row["decode_tokens"] = int(tokens.get("decode", 0))
     row["mode"] = answer.get("mode", "")
     return row
+
+
+def quote_counts(
+    citations: list[dict[str, Any]], chunk_texts: dict[str, str], chunk_metadata: dict[str, dict[str, Any]]
+) -> tuple[int, int]:
+    """(quotes checked, quotes on a never-quote span): each citation's quote found in its chunk."""
+    checked = bad = 0
+    for citation in citations:
+        chunk_id, quote = citation.get("chunk_id", ""), citation.get("quote", "")
+        if not quote or chunk_id not in chunk_texts:
+            continue
+        checked += 1
+        bad += quote_is_unquotable(quote, chunk_texts[chunk_id], chunk_metadata.get(chunk_id, {}))
+    return checked, bad
 
 
 def _mean(values: list[float | bool | None]) -> float | None:
@@ -158,4 +186,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "prefill_tokens_mean": round(float(np.mean([r["prefill_tokens"] for r in rows])), 1),
         "decode_tokens_mean": round(float(np.mean([r["decode_tokens"] for r in rows])), 1),
         "extractive_share": _mean([r["mode"] == "extractive" for r in rows]),
+        "unquotable_quotes": _share(
+            sum(r.get("quotes_unquotable", 0) for r in rows), sum(r.get("quotes", 0) for r in rows)
+        ),
     }

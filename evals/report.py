@@ -27,6 +27,7 @@ SHOWN = (  # (summary key, column title) for the tables
     ("citation_recall", "cite recall"),
     ("grounded_numbers", "grounded #"),
     ("model_grounded_numbers", "model grounded #"),
+    ("unquotable_quotes", "bad quotes"),
     ("latency_p50_s", "p50 s"),
     ("latency_p95_s", "p95 s"),
     ("prefill_tokens_mean", "prefill tok"),
@@ -137,6 +138,9 @@ def render_report(summary: dict, rows: list[dict[str, Any]], plots: list[str], w
             [[t["issue"], f"{t['name']} {t['op']} {t['target']}", t["value"], _target_text(t)]
              for t in summary["targets"]],
         ),  # fmt: skip
+        "",
+        "`unquotable_quotes`: share of citation quotes that fall on figure text, an equation, a reference "
+        "entry or front matter of the chunk they were taken from (the chunk's `spans` and `block`).",
     ]
     duel = summary.get("cove_vs_baseline")
     if duel:
@@ -202,6 +206,7 @@ def _severity(row: dict[str, Any]) -> float:
     if m["correct"] is False:
         score += 3
     score += 2 * (m["citations"] - m["citations_right"])
+    score += 2 * m.get("quotes_unquotable", 0)
     return score
 
 
@@ -223,6 +228,10 @@ def _failures(rows: list[dict[str, Any]], limit: int) -> list[str]:
             problems.append("missing: " + ", ".join(f"`{x}`" for x in m["missing"]))
         if m["ungrounded"]:
             problems.append("numbers not in a cited chunk: " + ", ".join(m["ungrounded"]))
+        if m.get("quotes_unquotable"):
+            problems.append(
+                f"{m['quotes_unquotable']} quote(s) from figure text, an equation, a reference or front matter"
+            )
         if m["citations"] - m["citations_right"]:
             problems.append(f"{m['citations'] - m['citations_right']} of {m['citations']} citations off the gold pages")
         cited = ", ".join(f"[{c['n']}] {c['source']} p.{c['page']}" for c in answer.get("citations", []))

@@ -89,19 +89,21 @@ class Evaluator:
             row["elapsed_s"] = round(time.perf_counter() - started, 3)
             return row
         answer_json = answer.to_json()
-        chunk_texts = _chunk_texts(engine.retriever, answer_json)
+        chunk_texts, chunk_metadata = _chunks(engine.retriever, answer_json)
         row["answer"] = answer_json
-        row["metrics"] = item_metrics(item, answer_json, chunk_texts, engine.settings.retrieve.k)
+        row["metrics"] = item_metrics(item, answer_json, chunk_texts, engine.settings.retrieve.k, chunk_metadata)
         return row
 
 
-def _chunk_texts(retriever: Retriever, answer: dict[str, Any]) -> dict[str, str]:
+def _chunks(retriever: Retriever, answer: dict[str, Any]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Text and metadata of the stored chunks the answer retrieved or cited, by chunk id."""
     ids = {c.get("chunk_id") for c in answer.get("citations", [])} | {
         r.get("chunk_id") for r in answer.get("retrieved", [])
     }
     ids.discard(None)
     ids.discard("")
-    return {chunk.id: chunk.text for chunk in retriever.store.get(sorted(ids))} if ids else {}
+    chunks = retriever.store.get(sorted(ids)) if ids else []
+    return {c.id: c.text for c in chunks}, {c.id: dict(c.metadata or {}) for c in chunks}
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:

@@ -44,7 +44,7 @@ TARGETS: tuple[Target, ...] = (
     Target("single-shot p50 answer time (s)", 14, "latency_p50_s", "<=", 3.6, "baseline"),
     Target("table/caption correctness (CoVe)", 13, "correctness", ">=", 0.60, "cove", "table"),
     Target("table/caption correctness (single-shot)", 13, "correctness", ">=", 0.60, "baseline", "table"),
-    Target("quotes that are figure text, equations or references (CoVe)", 13, "unquotable_quote_share", "<=", 0.0,
+    Target("quotes that are figure text, equations or references (CoVe)", 13, "unquotable_quotes", "<=", 0.0,
            "cove"),  # fmt: skip
     Target("CoVe correctness", 15, "correctness", ">=", 0.70, "cove"),
     Target("CoVe citation precision", 15, "citation_precision", ">=", 0.85, "cove"),

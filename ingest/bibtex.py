@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from ingest.references import Reference, arxiv_id_in, clean_doi, plain, split_names
+from ingest.refmanagers import Reference, arxiv_id_in, clean_doi, plain, split_names
 
 ARXIV_HINT_FIELDS = ("journal", "journaltitle", "note", "howpublished", "number", "volume")
 

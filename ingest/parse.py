@@ -18,7 +18,12 @@ from ingest.clean import clean_page_text, find_sections, fix_ligatures, remove_r
 
 
 class ParseError(Exception):
-    """A document that cannot be turned into text; the message says why in plain words."""
+    """A document that cannot be turned into text; the message says why in plain words. `report`
+    is the parse report when the document was read but held too little text (a scan)."""
+
+    def __init__(self, message: str, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
 
 
 def sniff_kind(head: bytes) -> str | None:
@@ -61,7 +66,8 @@ def parse_file(path: str, kind: str, min_chars: int = 200) -> ParsedDocument:
         if kind == "pdf":
             raise ParseError(
                 f"no extractable text ({doc.char_count} characters in {len(doc.pages)} pages): "
-                "probably a scanned PDF; run OCR on it first"
+                "probably a scanned PDF; run OCR on it first",
+                report=doc.report,
             )
         raise ParseError(f"too little text to index ({doc.char_count} characters)")
     return doc
@@ -85,8 +91,14 @@ def parse_pdf_bytes(data: bytes) -> ParsedDocument:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             _decrypt_or_fail(reader)
+        if not reader.pages:
+            raise ParseError("the PDF has no pages")
+        metadata_title = _pdf_title(reader)
+        doc = _layout_document(reader)
+        if doc is not None:
+            return _with_title(doc, metadata_title)
         raw_pages = [_extract_page(page) for page in reader.pages]
-        metadata_title = _pdf_title(reader) or _largest_font_title(reader.pages[0], raw_pages[0])
+        metadata_title = metadata_title or _largest_font_title(reader.pages[0], raw_pages[0])
     except ParseError:
         raise
     except FileNotDecryptedError as err:
@@ -101,8 +113,40 @@ def parse_pdf_bytes(data: bytes) -> ParsedDocument:
     empty = [p.number for p in pages if not p.text]
     if empty and len(empty) < len(pages):
         warnings.append(f"{len(empty)} page(s) without text: {empty[:10]}")
+    warnings.append("layout analysis failed: plain text (no tables, figures or references told apart)")
     title = _tidy_title(metadata_title or _first_line_title(pages))
-    return ParsedDocument(kind="pdf", pages=pages, title=title, warnings=warnings)
+    return ParsedDocument(kind="pdf", pages=pages, title=title, warnings=warnings, report={"warnings": warnings})
+
+
+def _layout_document(reader) -> ParsedDocument | None:
+    """The layout-aware parse (`ingest.layout`); None when it fails, so plain extraction takes over."""
+    from ingest.layout import analyze_pdf
+
+    try:
+        return analyze_pdf(reader)
+    except MemoryError:
+        raise
+    except Exception as err:  # a parser bug must cost the layout, not the document
+        logging.getLogger(__name__).warning(
+            "layout analysis failed (%s: %s); using plain text", type(err).__name__, err
+        )
+        return None
+
+
+def _with_title(doc: ParsedDocument, metadata_title: str) -> ParsedDocument:
+    """The printed title (largest text on page 1), spelt as the PDF's metadata spells it when both
+    agree; the metadata title, then the first line, when the page gave none."""
+    printed = _tidy_title(doc.title)
+    if metadata_title and _same_title(printed, metadata_title):
+        doc.title = _tidy_title(metadata_title)
+    else:
+        doc.title = printed or _tidy_title(metadata_title or _first_line_title(doc.pages))
+    return doc
+
+
+def _same_title(a: str, b: str) -> bool:
+    squash = lambda text: re.sub(r"[^a-z0-9]", "", text.lower())  # noqa: E731
+    return bool(a) and squash(a) == squash(b)
 
 
 def _tidy_title(title: str) -> str:

@@ -33,7 +33,7 @@ from cove.settings import CoveSettings
 from cove.store import StoreUnavailable
 from cove.untrusted import plain_text
 from ingest.arxiv import parse_api_response, split_version
-from ingest.chunk import chunk_document, embedding_text
+from ingest.chunk import chunk_document, embedding_plan
 from ingest.copies import keep_library_copy
 from ingest.fetch import Fetcher, FetchError
 from ingest.parse import ParseError, parse_file, sniff_kind
@@ -314,14 +314,14 @@ class IngestPipeline:
         min_chars = self.settings.parse.min_chars_per_doc
         done = 0
         store_down: str | None = None
-        for item, parsed, error, seconds in self._parse_results(work, min_chars):
+        for item, parsed, error, seconds, parse_report in self._parse_results(work, min_chars):
             done += 1
             self.timings["parse"] += seconds
             self.progress(ProgressEvent("parse", done, total, item.source.source))
             if store_down is not None:  # no point parsing on into a store that is gone; the re-run resumes
                 report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", store_down))
             elif error is not None:
-                self._record_failure(item.source, item.previous, error, report)
+                self._record_failure(item.source, item.previous, error, report, parse_report)
             else:
                 try:
                     self._index(item, parsed, report)
@@ -331,7 +331,8 @@ class IngestPipeline:
                     report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", store_down))
 
     def _parse_results(self, work: list[_Work], min_chars: int):
-        """Yield (work, parsed | None, error | None, seconds) as documents finish parsing.
+        """Yield (work, parsed | None, error | None, seconds, parse report of a failed parse) as
+        documents finish parsing.
 
         Several documents are parsed in worker processes while this process embeds the ones already
         parsed; a single document is parsed in-process (starting a pool costs more than it saves).
@@ -352,12 +353,12 @@ class IngestPipeline:
                 try:
                     yield (item, *future.result())
                 except Exception as err:  # e.g. the worker died (BrokenProcessPool)
-                    yield item, None, f"parser crashed ({type(err).__name__}: {err})", 0.0
+                    yield item, None, f"parser crashed ({type(err).__name__}: {err})", 0.0, {}
 
     def _index(self, item: _Work, parsed: ParsedDocument, report: IngestReport) -> None:
         source = item.source
         self._arxiv_metadata(source)
-        title = plain_text(source.title or parsed.title or source.source, 300)  # shown everywhere: one plain line
+        title = plain_text(choose_title(source, parsed), 300)  # shown everywhere: one plain line
         record = self._record(source, item, parsed, title)
         record.status = STATUS_PENDING
         self.catalog.upsert(record)  # before the store: a crash from here on leaves "pending"
@@ -369,7 +370,8 @@ class IngestPipeline:
             self._record_failure(source, item.previous, "no text left after cleaning", report)
             return
 
-        vectors = self._embed([embedding_text(c, title) for c in chunks], source.source)
+        texts, plan = embedding_plan(chunks, title)
+        vectors = self._embed(texts, source.source)[plan]
         doc_fields = {"title": title, "source": source.source, "url": source.link, "kind": parsed.kind}
         t0 = time.perf_counter()
         self._store_for_writing().replace_document(
@@ -379,6 +381,7 @@ class IngestPipeline:
             vectors,
             [c.metadata(doc_fields) for c in chunks],
         )
+        self._keep_positions(source.doc_id, parsed)
         record.status = STATUS_OK
         record.content_hash = item.content_hash
         record.index_id = self.settings.index_id()
@@ -392,11 +395,23 @@ class IngestPipeline:
         self.catalog.upsert(record)
         report.results.append(DocResult(source.source, INGESTED, source.doc_id, title, "", record.pages, len(chunks)))
 
+    def _keep_positions(self, doc_id: str, parsed: ParsedDocument) -> None:
+        """Store where each word of a PDF is drawn (for highlighting quotes), replacing the old copy."""
+        from ingest.layout import positions_path, save_positions
+
+        path = positions_path(self.settings, doc_id)
+        if parsed.positions:
+            save_positions(path, parsed.positions)
+        else:
+            path.unlink(missing_ok=True)
+
     def _embed(self, texts: list[str], source: str):
         import numpy as np
 
         t0 = time.perf_counter()
-        step = max(self.settings.embed.batch_size, 64)
+        # Large calls: the model sorts each call's texts by length, so short chunks (captions, figure
+        # text) share batches instead of each padding a batch of long ones.
+        step = max(self.settings.embed.batch_size, 256)
         parts = []
         for start in range(0, len(texts), step):
             parts.append(self.embedder.embed(texts[start : start + step]))
@@ -416,6 +431,9 @@ class IngestPipeline:
             reading_list_aliases(source, title),
             aliases.aliases_from_text(opening, title),
         )
+        warnings = list(parsed.warnings)
+        if title == source.source and not source.title and not parsed.title:
+            warnings.append("title from file name")
         return DocumentRecord(
             doc_id=source.doc_id,
             source=source.source,
@@ -423,7 +441,7 @@ class IngestPipeline:
             status=STATUS_PENDING,
             kind=parsed.kind,
             title=title,
-            authors=source.authors,
+            authors=source.authors or parsed.authors,
             aliases=names,
             year=source.year,
             version=split_version(source.arxiv_id)[1] if source.arxiv_id else "",
@@ -431,7 +449,8 @@ class IngestPipeline:
             topic=source.topic,
             arxiv_id=source.arxiv_id,
             pages=len(parsed.pages),
-            warnings="; ".join(parsed.warnings),
+            warnings="; ".join(warnings),
+            report={**parsed.report, "pages": len(parsed.pages), "warnings": warnings},
             citekey=source.citekey or (item.previous.citekey if item.previous else ""),
         )
 
@@ -443,7 +462,12 @@ class IngestPipeline:
             self.catalog.upsert(record)
 
     def _record_failure(
-        self, source: Source, previous: DocumentRecord | None, reason: str, report: IngestReport
+        self,
+        source: Source,
+        previous: DocumentRecord | None,
+        reason: str,
+        report: IngestReport,
+        parse_report: dict | None = None,
     ) -> None:
         if previous is not None and previous.status == STATUS_OK and previous.index_id == self.settings.index_id():
             # Keep the good copy we have; say that refreshing it failed.
@@ -463,10 +487,15 @@ class IngestPipeline:
                     arxiv_id=source.arxiv_id,
                     error=reason,
                     citekey=source.citekey,
+                    warnings="; ".join((parse_report or {}).get("warnings", [])),
+                    report=parse_report or {},
                 )
             )
             if previous is not None:
                 self._store_for_writing().delete_document(source.doc_id)  # no orphans from an older identity or run
+                from ingest.layout import positions_path
+
+                positions_path(self.settings, source.doc_id).unlink(missing_ok=True)
         report.results.append(DocResult(source.source, FAILED, source.doc_id, source.title, reason))
 
 
@@ -475,6 +504,16 @@ def _keep_citekey(catalog: Catalog, record: DocumentRecord, citekey: str) -> Non
     if citekey and record.citekey != citekey:
         record.citekey = citekey
         catalog.upsert(record)
+
+
+def choose_title(source: Source, parsed: ParsedDocument) -> str:
+    """The title a document is listed and cited under: the one its source gives (arXiv's metadata,
+    the reading list's link text), else the one printed on its first page, else its file name; with
+    the reading list's alias after it ("... (GPT-2)")."""
+    title = source.title or parsed.title or source.source
+    if source.alias and source.alias.lower() not in title.lower():
+        title = f"{title} ({source.alias})"
+    return title
 
 
 def decide_kind(sniffed: str | None, hint: str | None, local: bool, location: str) -> str:
@@ -512,12 +551,12 @@ def _plain_main_module():
             sys.modules["__main__"] = real_main
 
 
-def _timed_parse(path: str, kind: str, min_chars: int) -> tuple[ParsedDocument | None, str | None, float]:
+def _timed_parse(path: str, kind: str, min_chars: int) -> tuple[ParsedDocument | None, str | None, float, dict]:
     t0 = time.perf_counter()
     try:
-        return parse_file(path, kind, min_chars), None, time.perf_counter() - t0
+        return parse_file(path, kind, min_chars), None, time.perf_counter() - t0, {}
     except ParseError as err:
-        return None, str(err), time.perf_counter() - t0
+        return None, str(err), time.perf_counter() - t0, err.report
 
 
 def _file_hash(path: Path) -> str:

@@ -1,169 +1,128 @@
-"""Reference-manager exports as sources: BibTeX files and Zotero exports, one document per entry.
+"""The bibliography: split the reference section into entries and parse each one.
 
-    sources, bad = load_references(Path("refs.bib"))        # or a Zotero CSL JSON / Better BibTeX export
-
-Each entry becomes a `Source` carrying its citekey (kept on the document in the catalog, shown with
-its citations), its title, authors and year. What is fetched, first that applies:
-
-1. an attached file (`file` field) that exists: the user's own copy, no network request (paths are
-   relative to the export file);
-2. an arXiv id (`eprint` with `archivePrefix = {arXiv}`, a journal or note like "arXiv:2106.09685",
-   an arxiv.org URL, or an arXiv DOI 10.48550/arXiv.…): the paper from arXiv;
-3. a DOI: its https://doi.org/ link (the publisher's page; many are paywalled and fail with a reason);
-4. a URL.
-
-An entry that names none of these, or whose only file is missing, is reported with its citekey and
-the reason; the others are ingested. Re-importing the same export is incremental: unchanged
-documents are skipped by the pipeline (content hash), and a changed citekey is updated in place.
-The entry parsers live in `ingest.bibtex` and `ingest.zotero`.
+An entry starts where the layout says so: a number ("[12]", "12."), a line back at the column's
+left edge after indented continuation lines (hanging indent), or a wider gap between lines. Each
+entry is parsed into authors, title, year, arXiv id and DOI, for the two families of styles papers
+use: "Authors. Year. Title. Venue." (ACL, natbib author-year) and "Authors. Title. Venue, Year."
+(NeurIPS, ICLR, IEEE). Parsing is best effort: the entry's text is always kept, so a search for a
+cited paper's words finds it even when the split between authors and title is wrong.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
-from ingest.arxiv import TEXT_RE, doc_id_for, parse_arxiv_id
-from ingest.sources import LOCAL_KINDS, Source, SourceError, dedupe, from_arxiv, from_path, from_url
+from ingest.lines import Line
 
-MAX_EXPORT_BYTES = 32 * 1024 * 1024  # a library of tens of thousands of entries; more is not an export
-ARXIV_DOI = re.compile(r"^10\.48550/arxiv\.(.+)$", re.I)
-DOI = re.compile(r"^10\.\d{4,9}/\S+$")
-
-
-class ReferenceError(ValueError):
-    """The export file itself cannot be read (not the entries in it)."""
+NUMBERED_ENTRY = re.compile(r"^\s*(?:\[\d{1,4}\]|\d{1,4}\.\s)")
+ARXIV_ID = re.compile(r"(?:arXiv\s*[:.]?\s*(?:abs/)?|arxiv\.org/(?:abs|pdf)/|abs/)(\d{4}\.\d{4,5})(v\d+)?", re.I)
+DOI = re.compile(r"\b(10\.\d{4,9}/[^\s,;\"<>]+[^\s,;.\"<>])")
+YEAR = re.compile(r"(?<![\d.])((?:19[5-9]|20[0-4])\d)[a-z]?(?![\d])")
+# "Authors. 2019. Title." (the year right after the authors)
+AUTHOR_YEAR = re.compile(r"^(?P<authors>.{3,600}?)[.,]\s+(?P<year>(?:19|20)\d{2})[a-z]?\.\s+(?P<rest>.+)$", re.S)
+# A full stop ending the author list: not one after an initial ("E.") or inside "et al."
+AUTHORS_END = re.compile(r"(?<!\b[A-Z])(?<!\bal)(?<!\bJr)(?<!\bSt)\.\s+(?=[A-Z0-9\"“'(])")
+SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]”\"?!])[.?!]\s+(?=[A-Za-z\"“(])")
 
 
 @dataclass
 class Reference:
-    """One entry of an export, in the terms Cove needs."""
+    """One bibliography entry: its text and what could be read from it."""
 
-    citekey: str
-    title: str = ""
+    text: str
+    page: int
     authors: list[str] = field(default_factory=list)
+    title: str = ""
     year: str = ""
-    arxiv_id: str = ""
+    arxiv: str = ""
     doi: str = ""
-    urls: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)  # as written in the export
+
+    def fields(self) -> dict:
+        """The parsed fields (for chunk metadata), without the text."""
+        data = asdict(self)
+        data.pop("text")
+        data.pop("page")
+        return {k: v for k, v in data.items() if v}
 
 
-def read_export(path: Path) -> str:
-    """The export's text, bounded in size; a clear `ReferenceError` if it cannot be read."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_EXPORT_BYTES:
-            raise ReferenceError(f"{path.name}: {size / 2**20:.0f} MB is over the {MAX_EXPORT_BYTES >> 20} MB limit")
-        return path.read_text(encoding="utf-8-sig", errors="replace")
-    except OSError as err:
-        raise ReferenceError(f"cannot read {path}: {err.strerror or err}") from err
-
-
-def load_references(path: Path) -> tuple[list[Source], list[tuple[str, str]]]:
-    """Sources for every entry of a BibTeX or Zotero export, plus (entry, reason) for the rest."""
-    from ingest import bibtex, zotero
-
-    path = Path(path).expanduser()
-    text = read_export(path)
-    looks_json = path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{")
-    references, bad = zotero.parse_csl_json(text, path.name) if looks_json else bibtex.parse_bibtex(text, path.name)
-    sources: list[Source] = []
-    for reference in references:
-        try:
-            sources.append(to_source(reference, path.resolve().parent))
-        except SourceError as err:
-            bad.append((f"{path.name}: {reference.citekey or '(no citekey)'}", str(err)))
-    return dedupe(sources), bad
-
-
-def to_source(reference: Reference, base_dir: Path) -> Source:
-    """The document an entry names (see the module docstring for the order), with its citekey."""
-    arxiv_id = reference.arxiv_id or _arxiv_from_links(reference)
-    local, missing = _attached_file(reference.files, base_dir)
-    if local is not None:
-        source = from_path(local)
-        if arxiv_id and not source.arxiv_id:  # the same paper as its arXiv copy: one document
-            source.doc_id, source.arxiv_id = doc_id_for(arxiv_id), arxiv_id
-    elif arxiv_id:
-        source = from_arxiv(arxiv_id)
-    elif reference.doi:
-        source = from_url(f"https://doi.org/{reference.doi}")
-    elif reference.urls:
-        source = from_url(reference.urls[0])
-    elif missing:
-        raise SourceError(f"attached file not found: {missing[0]}")
-    else:
-        raise SourceError("names nothing Cove can fetch (no file, arXiv id, DOI or URL)")
-    source.citekey = reference.citekey
-    source.title = reference.title or source.title
-    source.authors = reference.authors or source.authors
-    source.year = reference.year or source.year
-    return source
-
-
-def arxiv_id_in(text: str) -> str:
-    """An arXiv id in free text ("arXiv preprint arXiv:2106.09685", "arXiv:1706.03762v7"), or ""."""
-    text = text.strip()
-    if not text:
-        return ""
-    direct = parse_arxiv_id(text)
-    if direct:
-        return direct
-    found = TEXT_RE.search(text)
-    return found.group(1) if found else ""
-
-
-def clean_doi(value: str) -> str:
-    value = re.sub(r"^(?:https?://(?:dx\.)?doi\.org/|doi:)", "", value.strip(), flags=re.I)
-    return value if DOI.match(value) else ""
-
-
-def _arxiv_from_links(reference: Reference) -> str:
-    arxiv_doi = ARXIV_DOI.match(reference.doi)
-    if arxiv_doi and parse_arxiv_id(arxiv_doi.group(1)):
-        return parse_arxiv_id(arxiv_doi.group(1)) or ""
-    for url in reference.urls:
-        found = parse_arxiv_id(url)
-        if found:
-            return found
-    return ""
-
-
-def _attached_file(files: list[str], base_dir: Path) -> tuple[Path | None, list[str]]:
-    """The best attached file that exists (a PDF first), and the ones named but missing."""
-    existing: list[Path] = []
-    missing: list[str] = []
-    for written in files:
-        path = Path(written).expanduser()
-        path = path if path.is_absolute() else base_dir / path
-        if path.suffix.lower() not in LOCAL_KINDS:
-            continue  # e.g. a Zotero snapshot's .png, or a file type Cove does not read
-        if path.is_file():
-            existing.append(path)
+def split_entries(lines: list[tuple[int, Line]]) -> list[tuple[int, list[Line]]]:
+    """(page, lines) of each entry, from the reference section's (page, line) pairs in reading order."""
+    if not lines:
+        return []
+    numbered = sum(bool(NUMBERED_ENTRY.match(ln.text)) for _, ln in lines) >= max(2, len(lines) // 8)
+    entries: list[tuple[int, list[Line]]] = []
+    previous: Line | None = None
+    for page, line in lines:
+        if previous is None or _starts_entry(line, previous, numbered):
+            entries.append((page, [line]))
         else:
-            missing.append(written)
-    existing.sort(key=lambda p: p.suffix.lower() != ".pdf")
-    return (existing[0] if existing else None), missing
+            entries[-1][1].append(line)
+        previous = line
+    return entries
 
 
-def split_names(value: str) -> list[str]:
-    """BibTeX author lists ("Vaswani, Ashish and Shazeer, Noam") as display names."""
-    names = []
-    for name in re.split(r"\s+and\s+", value.strip()):
-        name = " ".join(name.split())
-        if "," in name:
-            last, _, first = name.partition(",")
-            name = f"{first.strip()} {last.strip()}".strip()
-        if name:
-            names.append(name)
-    return names
+def _starts_entry(line: Line, previous: Line, numbered: bool) -> bool:
+    if numbered:
+        return bool(NUMBERED_ENTRY.match(line.text))
+    em = line.size
+    same_column = abs(line.x0 - previous.x0) < 12 * em and previous.y > line.y
+    if not same_column:  # a new column or page: an entry starts unless this line is indented
+        return not line.notes & {"indented"}
+    if line.x0 < previous.x0 - 0.6 * em:  # back to the left edge after a continuation line
+        return True
+    if line.x0 > previous.x0 + 0.6 * em:  # indented: a continuation
+        return False
+    gap = previous.y - line.y
+    return gap > 1.45 * em  # extra space between entries (and no hanging indent to go by)
 
 
-def plain(text: str) -> str:
-    """LaTeX-ish field text as plain text: braces, common escapes and accents dropped."""
-    text = re.sub(r"\\[`'^\"~=.uvHcdbtk]\{?([A-Za-z])\}?", r"\1", text)  # \'{e} -> e
-    text = re.sub(r"\\(?:textit|textbf|emph|mathrm|textrm|texttt)\s*\{", "{", text)
-    text = text.replace("\\&", "&").replace("\\%", "%").replace("\\_", "_").replace("~", " ")
-    return " ".join(text.replace("{", "").replace("}", "").split())
+def parse_entry(text: str, page: int) -> Reference:
+    text = " ".join(text.split())
+    body = NUMBERED_ENTRY.sub("", text, count=1).strip()
+    ref = Reference(text=body, page=page)
+    arxiv = ARXIV_ID.search(body)
+    if arxiv:
+        ref.arxiv = arxiv.group(1)
+    doi = DOI.search(body)
+    if doi:
+        ref.doi = doi.group(1)
+    author_year = AUTHOR_YEAR.match(body)
+    if author_year and _authorish(author_year.group("authors")):
+        authors, ref.year = author_year.group("authors"), author_year.group("year")
+        ref.title = _first_sentence(author_year.group("rest"))
+    else:
+        end = AUTHORS_END.search(body)
+        authors = body[: end.start()] if end else ""
+        rest = body[end.end() :] if end else body
+        ref.title = _first_sentence(rest)
+        years = YEAR.findall(rest) or YEAR.findall(body)
+        ref.year = years[-1] if years else ""
+    ref.authors = split_authors(authors)
+    return ref
+
+
+def _authorish(text: str) -> bool:
+    """Reads like a list of names: capitalised words, commas, 'and', initials; no long lower-case run."""
+    words = text.replace(",", " ").split()
+    if not words or len(words) > 80:
+        return False
+    lower = [
+        w for w in words if w[0].islower() and w not in ("and", "et", "al.", "al", "van", "von", "de", "der", "di")
+    ]
+    return len(lower) <= max(1, len(words) // 6)
+
+
+def _first_sentence(text: str) -> str:
+    match = SENTENCE_END.search(text)
+    title = text[: match.start() + 1] if match else text
+    return title.strip().rstrip(".").strip()[:300]
+
+
+def split_authors(text: str) -> list[str]:
+    text = text.strip().rstrip(".,")
+    if not text:
+        return []
+    parts = re.split(r",\s*(?:and\s+)?|\s+and\s+|\s*&\s*", text)
+    names = [p.strip() for p in parts if p.strip() and p.strip() not in ("et al", "et al.")]
+    return [n for n in names if 1 < len(n) < 80][:60]

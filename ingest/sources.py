@@ -41,6 +41,7 @@ class Source:
     authors: list[str] = field(default_factory=list)
     year: str = ""
     citekey: str = ""  # from a reference manager's export (BibTeX, Zotero): kept on the document
+    alias: str = ""  # the name people use for it ("GPT-2"), shown after the title
 
     @property
     def link(self) -> str:
@@ -220,12 +221,13 @@ def curated_reading_list() -> list[Source]:
     data = {"paper": _reading_list_entries()}
     sources = []
     for entry in data["paper"]:
+        title = entry.get("title", "")
         if entry["kind"] == "arxiv":
-            sources.append(from_arxiv(entry["url"], entry["title"], entry.get("topic", "")))
+            source = from_arxiv(entry["url"], title, entry.get("topic", ""))
         else:
-            sources.append(
-                from_url(entry["url"], entry["title"], entry.get("topic", ""), entry["kind"], doc_id=entry["id"])
-            )
+            source = from_url(entry["url"], title, entry.get("topic", ""), entry["kind"], doc_id=entry["id"])
+        source.alias = entry.get("alias", "")
+        sources.append(source)
     return sources
 
 

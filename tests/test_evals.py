@@ -236,6 +236,32 @@ def test_summary_and_held_out_targets_count_errors_as_failures():
     assert {t.name for t in TARGETS} == set(judged)
 
 
+def test_quotes_from_figures_equations_references_and_front_matter_are_counted():
+    text = "Attention(Q, K, V) = softmax(QK^T / sqrt(dk)) V (1)\nWe call it scaled dot-product attention."
+    reference = "Ba, J., Kiros, J. Layer normalization. arXiv:1607.06450, 2016."
+    chunks = {"p": text, "r": reference, "f": "0 200 400 Billion of tokens"}
+    metadata = {
+        "p": {"block": "prose", "spans": json.dumps([[0, text.index("\n"), "equation"]])},
+        "r": {"block": "reference", "spans": json.dumps([[0, 62, "reference"]])},
+        "f": {"block": "figure", "spans": "[]"},
+    }
+
+    def quoted(*pairs):
+        answer = _answer("The answer [1].", [("1706.03762.pdf", 4, c) for c, _ in pairs])
+        for citation, (_, quote) in zip(answer["citations"], pairs, strict=True):
+            citation["quote"] = quote
+        return item_metrics(_item(), answer, chunks, k=5, chunk_metadata=metadata)
+
+    clean = quoted(("p", "We call it scaled  dot-product attention."))
+    assert (clean["quotes"], clean["quotes_unquotable"]) == (1, 0)
+    equation = "Attention(Q, K, V) = softmax(QK^T / sqrt(dk)) V"
+    bad = quoted(("p", equation), ("r", "Layer normalization."), ("f", "Billion of tokens"))
+    assert (bad["quotes"], bad["quotes_unquotable"]) == (3, 3)
+    summary = summarize([{"type": "numeric", **clean}, {"type": "numeric", **bad}])
+    assert summary["unquotable_quotes"] == 0.75
+    assert summarize([{"type": "numeric", **clean}])["unquotable_quotes"] == 0.0
+
+
 # --- variants and report -----------------------------------------------------------------------------------
 
 

@@ -97,7 +97,8 @@ def test_text_marked_as_not_prose_is_never_a_candidate():
 
 def test_table_rows_are_quoted_with_their_header():
     table = "Table 3: Model variants.\nmodel | layers | heads\nbase | 6 | 8\nbig | 6 | 16"
-    rows = candidates(Evidence(1, table, "A paper", block="table"))
+    evidence = Evidence(1, table, "A paper", block="table", label="Table 3", table_header=["model", "layers", "heads"])
+    rows = candidates(evidence)
     assert [r.text for r in rows] == [
         "Table 3 (model | layers | heads): base | 6 | 8",
         "Table 3 (model | layers | heads): big | 6 | 16",

@@ -15,7 +15,7 @@ from conftest import ROOT, corpus_pdf
 from cove.catalog import Catalog
 from cove.conversations import citation_lines
 from ingest.bibtex import file_paths, parse_bibtex
-from ingest.references import ReferenceError, load_references
+from ingest.refmanagers import ReferenceError, load_references
 from ingest.zotero import parse_csl_json
 
 BIB = r"""
