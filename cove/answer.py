@@ -255,7 +255,8 @@ class AnswerEngine:
         limit = self.settings.answer.source_chars
         lines, evidence = [], {}
         for n, hit in enumerate(hits, start=1):
-            text = excerpt(hit.text, query, limit)
+            # Sentences a document addresses to a model are not shown to it (nor accepted as evidence).
+            text = excerpt(checks.without_instructions(hit.text), query, limit)
             where = f"{hit.title or hit.source}, p. {hit.page}"
             lines.append(f"[{n}] ({where}) {text}")
             evidence[n] = Evidence(n, hit.text, _header(hit), np.asarray(hit.vector, dtype=np.float32))
@@ -344,7 +345,9 @@ class AnswerEngine:
         t0 = time.perf_counter()
         hits = self.retriever.search(question, k=cfg.verify_sources).hits
         meter.timings["verify_s"] += time.perf_counter() - t0
-        evidence_text = "\n".join(excerpt(h.text, question, cfg.verify_chars) for h in hits)
+        evidence_text = "\n".join(
+            excerpt(checks.without_instructions(h.text), question, cfg.verify_chars) for h in hits
+        )
         messages = [
             {"role": "system", "content": self.prompts["verify"].render("system", evidence=evidence_text)},
             {"role": "user", "content": self.prompts["verify"].render("user", question=question)},
