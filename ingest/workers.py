@@ -226,13 +226,16 @@ class ParseSupervisor:
         busy: list[_Worker] = []
         try:
             while (pending or busy) and not stop.is_set():
-                while pending and len(busy) < self.size:
+                # Parsed documents wait for the caller (who embeds them one by one): a few in hand
+                # are enough, more would only hold memory.
+                while pending and len(busy) < self.size and outcomes.qsize() < 2 * self.size:
                     job = pending.popleft()
                     try:
                         busy.append(self._start(job))
                     except OSError as err:  # this document cannot be parsed here; say why, go on
                         outcomes.put(ParseOutcome(job, None, f"the parser process could not start: {err}", 0.0))
                 if not busy:
+                    stop.wait(0.05)  # the caller is behind: wait for it to take an outcome
                     continue
                 next_deadline = min(w.started + self.limits.timeout_s for w in busy)
                 timeout = min(max(0.0, next_deadline - time.monotonic()), _POLL_S)
