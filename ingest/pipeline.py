@@ -6,7 +6,12 @@ Guarantees, whatever the input:
 - a changed document replaces its old chunks; a document whose update fails keeps its old chunks;
 - a run killed at any point is finished by running again: the catalog marks a document ``ok`` only
   after its chunks are stored, and storing deletes the document's chunks before upserting;
-- a change of index identity (embedding model, chunking) re-indexes every known document.
+- a change of index identity (embedding model, chunking) re-indexes every known document;
+- every document is parsed in a worker process with a deadline and a memory limit (`ingest.workers`):
+  a hostile file fails with a reason, it does not stall or sink the run;
+- a document is only skipped as unchanged if the store still holds its chunks, and one that cannot
+  be re-indexed after a rebuild is recorded as failed, never as ``ok`` without chunks;
+- one ingest at a time per home (`cove.lock`): a second writer is refused with the first one's name.
 
 Progress flows out through a callback of `ProgressEvent`s, so the CLI can draw progress bars and the
 app can show the same stages, from the same code.
