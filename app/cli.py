@@ -152,7 +152,7 @@ def ingest(
     chosen, bad = src.collect_sources(from_ or [], url or [], arxiv or [], reading_list or [])
     for export in [*(bibtex or []), *(zotero or [])]:
         chosen, bad = _add_references(export, chosen, bad)
-    if not (from_ or url or arxiv or reading_list or bibtex or zotero):
+    if not (from_ or url or arxiv or reading_list or bibtex or zotero or rebuild):  # --rebuild alone: the known documents only
         chosen = src.curated_reading_list()
         console.print(f"Ingesting the curated reading list ({len(chosen)} papers and articles).")
 
@@ -340,7 +340,10 @@ def ask(
     engine = AnswerEngine(settings)
     try:
         if batch is not None:
-            _ask_batch(engine, batch, out, pipeline)
+            failed = _ask_batch(engine, batch, out, pipeline)
+            if failed:
+                console.print(f"[yellow]{failed} line(s) not answered (see the errors above and the error rows)[/]")
+                raise typer.Exit(1)
             return
         if not question:
             raise typer.BadParameter("give a question, or --batch FILE")
@@ -354,29 +357,67 @@ def ask(
         _print_answer(answer)
 
 
-def _ask_batch(engine, batch: Path, out: Path | None, pipeline: str | None) -> None:
-    lines = [line for line in batch.read_text().splitlines() if line.strip()]
-    sink = out.open("w") if out else sys.stdout
+def _ask_batch(engine, batch: Path, out: Path | None, pipeline: str | None) -> int:
+    """Answer every line of `batch`; a bad line (or a question that fails) is reported, written as an
+    ``{"id", "error"}`` row and skipped, never the end of the run. Returns the number of failed lines."""
+    try:
+        lines = [line for line in batch.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError as err:
+        raise typer.BadParameter(f"cannot read {batch}: {err.strerror or err}") from err
+    sink = out.open("w", encoding="utf-8") if out else sys.stdout
+    failed = 0
     try:
         with Progress(
             TextColumn("Answering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
             task = progress.add_task("ask", total=len(lines))
             for number, line in enumerate(lines, start=1):
-                try:
-                    item = json.loads(line)
-                    question = item["question"]
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    console.print(f"[red]line {number}: not a question object ({err}); skipped[/]")
-                    progress.advance(task)
-                    continue
-                answer = engine.ask(question, item.get("history"), pipeline, id=str(item.get("id", number)))
-                sink.write(json.dumps(answer.to_json(), ensure_ascii=False) + "\n")
+                row = _batch_answer(engine, number, line, pipeline)
+                if "error" in row:
+                    failed += 1
+                    console.print(f"[red]line {number}: {row['error']}[/]", markup=True, highlight=False)
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sink.flush()
                 progress.advance(task)
     finally:
         if out:
             sink.close()
+    return failed
+
+
+def _batch_answer(engine, number: int, line: str, pipeline: str | None) -> dict[str, Any]:
+    """The answer to one batch line as a JSON row, or ``{"id", "line", "error"}`` saying what was wrong."""
+    from cove.llm import ModelError
+
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as err:
+        return {"id": str(number), "line": number, "error": f"not JSON ({err})"}
+    item_id = str(item.get("id", number)) if isinstance(item, dict) else str(number)
+    problem = _batch_item_problem(item)
+    if problem:
+        return {"id": item_id, "line": number, "error": problem}
+    try:
+        return engine.ask(item["question"], item.get("history"), pipeline, id=item_id).to_json()
+    except ModelError:
+        raise  # the model is unusable for every line: stop with the model error
+    except Exception as err:  # this question failed; the next ones may not
+        return {"id": item_id, "line": number, "error": f"could not answer ({type(err).__name__}: {err})"}
+
+
+def _is_turn(turn: Any) -> bool:
+    return isinstance(turn, dict) and isinstance(turn.get("role"), str) and isinstance(turn.get("content"), str)
+
+
+def _batch_item_problem(item: Any) -> str:
+    if not isinstance(item, dict):
+        return "not a question object ({...})"
+    if not isinstance(item.get("question"), str) or not item["question"].strip():
+        return "no question (a non-empty string under 'question')"
+    history = item.get("history")
+    if history is not None and not (isinstance(history, list) and all(map(_is_turn, history))):
+        return "history must be a list of {'role', 'content'} objects"
+    return ""
 
 
 # --- chat ----------------------------------------------------------------------------------------------
@@ -631,12 +672,13 @@ def check_dataset(
 
 
 def main() -> None:
+    from cove.lock import LibraryBusy
     from cove.store import StoreUnavailable
 
     try:
         app()
-    except StoreUnavailable as err:
-        console.print(f"[red]Error:[/] {err}")
+    except (StoreUnavailable, LibraryBusy) as err:
+        console.print(f"[red]Error:[/] {err}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("Interrupted: run the same command again to finish; nothing is duplicated.")

@@ -317,7 +317,7 @@ def add_papers(svc: ChatService, items: list[str], paths: list[str], uploads: li
     limit = svc.settings.app.max_upload_mb * 2**20
     for upload in uploads:
         try:
-            sources.append(from_upload(upload.name, upload.getvalue(), svc.settings.uploads_dir, limit))
+            sources.append(from_upload(upload.name, upload, svc.settings.uploads_dir, limit))  # streamed
         except SourceError as err:
             bad.append((upload.name, str(err)))
     if not sources and not bad:

@@ -114,10 +114,13 @@ def run_cove(corpus: Path, home: Path, questions: list[dict], env_overrides: dic
 
 
 def run_baseline(corpus: Path, workdir: Path, questions: list[dict]) -> dict:
-    from langchain_chroma import Chroma
-    from langchain_community.document_loaders import PyPDFLoader
-    from langchain_huggingface import HuggingFaceEmbeddings
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
+    try:
+        from langchain_chroma import Chroma
+        from langchain_community.document_loaders import PyPDFLoader
+        from langchain_huggingface import HuggingFaceEmbeddings
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+    except ImportError as err:  # the baseline's packages are an extra, not a dependency of Cove
+        raise SystemExit(f"the LangChain baseline needs the bench extra ({err}): pip install -e '.[bench]'") from err
 
     stages = {}
     t_all, cpu0 = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from cove import text as tx
-from cove.checks import Evidence, SentenceCheck, check_sentence
+from cove.checks import Evidence, SentenceCheck, check_sentence, instruction_spans, without_instructions
 from cove.compose import Change, ComposeSettings, Composition, Correction, PartAnswer, best_for_part, compose
 from cove.docs import unquotable_spans
 from cove.events import (
@@ -327,7 +327,8 @@ class AnswerEngine:
             header += " (" + ", ".join(aliases) + ")"
         return Evidence(
             n, hit.text, header, np.asarray(hit.vector, dtype=np.float32) if hit.vector is not None else None,
-            unquotable=unquotable_spans(hit.metadata, hit.text), block=str(hit.metadata.get("block") or "prose"),
+            unquotable=unquotable_spans(hit.metadata, hit.text) + instruction_spans(hit.text),
+            block=str(hit.metadata.get("block") or "prose"),
             doc_id=hit.doc_id, label=str(hit.metadata.get("label") or ""), table_header=_header_cells(hit.metadata),
             rank=hit.rank, cosine=hit.cosine,
         )  # fmt: skip
@@ -414,7 +415,7 @@ class AnswerEngine:
         lines = []
         for n, hit in enumerate(retrieval.hits, start=1):
             where = f"{hit.title or hit.source}, p. {hit.page}"
-            lines.append(f"[{n}] ({where}) {excerpt(hit.text, retrieval.query, limit)}")
+            lines.append(f"[{n}] ({where}) {excerpt(without_instructions(hit.text), retrieval.query, limit)}")
         return "\n".join(lines)
 
     def _chat(self, stage: Stage, messages, meter: _Meter, emit: EventCallback, stream: bool, max_tokens: int) -> str:
@@ -515,7 +516,7 @@ class AnswerEngine:
         the part's checked model sentence only if the checks support it against that sentence."""
         prompt = self.prompts["verify"]
         evidence = pooled.evidence[answer.best.candidate.n]
-        text = excerpt(evidence.text, answer.part.text, self.settings.answer.cove.evidence_chars)
+        text = excerpt(evidence.data, answer.part.text, self.settings.answer.cove.evidence_chars)
         messages = [
             {"role": "system", "content": prompt.render("system", evidence=text)},
             {"role": "user", "content": prompt.render("user", question=answer.part.text)},

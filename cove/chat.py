@@ -29,6 +29,7 @@ from cove.catalog import STATUS_FAILED, STATUS_OK, DocumentRecord
 from cove.conversations import ConversationStore, Message
 from cove.events import EventCallback
 from cove.llm import ModelError
+from cove.lock import LibraryBusy
 from cove.settings import CoveSettings, with_overrides
 from cove.store import StoreUnavailable
 
@@ -98,6 +99,8 @@ def friendly_error(err: BaseException) -> str:
         return f"The model could not answer: {err}. Check the model setting, or pick the bundled model."
     if isinstance(err, StoreUnavailable):
         return f"The library cannot be searched: {err}."
+    if isinstance(err, LibraryBusy):
+        return f"The library is busy: {err}."
     if isinstance(err, MemoryError):
         return "Out of memory while answering; try fewer sources or a smaller model."
     return f"Something went wrong while answering ({type(err).__name__}: {err}). The conversation is kept."

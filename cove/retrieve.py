@@ -221,6 +221,7 @@ class Retriever:
         k = k or cfg.k
         mode = mode or cfg.mode
         started = time.perf_counter()
+        self.store.catch_up()  # an ingest in another process since the last search: load its vectors
         query_vector = np.asarray(self.embedder.embed([query])[0], dtype=np.float32)
 
         rankings: list[list[str]] = []

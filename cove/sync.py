@@ -36,8 +36,9 @@ NOT_IN_SHARED_STORE = "not in the Chroma server's collection; run `cove ingest` 
 
 
 def sync_home(settings: CoveSettings, catalog: Catalog, store, lexical: LexicalIndex | None = None) -> LexicalIndex:
-    """Bring the catalog (shared stores only) and the BM25 index up to the store's generation."""
-    generation = store.generation()
+    """Bring the catalog (shared stores only) and the BM25 index up to the store's generation (an
+    embedded store another process wrote to is reopened first, see `ChunkStore.catch_up`)."""
+    generation = store.catch_up()
     pull_documents(catalog, store, generation)
     return sync_lexical_index(settings, store, lexical, generation)
 

@@ -26,6 +26,14 @@ def parse_arxiv_id(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def carries_arxiv_stamp(first_page: str, arxiv_id: str) -> bool:
+    """Does page 1 carry arXiv's stamp for this paper ("arXiv:1706.03762v7 [cs.CL] 2 Aug 2023", printed
+    up the left margin of every arXiv PDF)? Text cleaning may glue the stamp to the word before it
+    ("pe-" + "arXiv:..." -> "pearXiv:..."), so the match starts at "Xiv:"."""
+    base = re.escape(split_version(arxiv_id)[0])
+    return re.search(rf"Xiv:\s*{base}(?:v\d+)?(?![\d.])", first_page) is not None
+
+
 def split_version(arxiv_id: str) -> tuple[str, str]:
     """'2106.09685v2' -> ('2106.09685', 'v2'); no version -> ('2106.09685', '')."""
     match = re.match(r"^(.*?)(v\d+)?$", arxiv_id)

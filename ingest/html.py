@@ -93,7 +93,7 @@ def parse_html(data: bytes) -> ParsedDocument:
     for tag in soup.find_all(list(DROP_TAGS)):
         tag.decompose()
     for tag in soup.find_all(attrs={"role": True}):
-        if not tag.decomposed and tag.get("role") in DROP_ROLES:
+        if not _decomposed(tag) and tag.get("role") in DROP_ROLES:
             tag.decompose()
     main = _main_element(soup)
     _drop_furniture(main)
@@ -130,14 +130,24 @@ def _main_element(soup: BeautifulSoup) -> Tag:
     return body
 
 
+def _decomposed(tag: Tag) -> bool:
+    """`Tag.decomposed` without its cost: on a live tag, bs4 looks the flag up as a child element
+    named '_decomposed', a search of the whole subtree; done for every tag of a deeply nested page,
+    that is quadratic (a minute for 5,000 levels)."""
+    return bool(tag.__dict__.get("_decomposed", False))
+
+
 def _drop_furniture(main: Tag) -> None:
     total = max(1, len(main.get_text(" ", strip=True)))
     for tag in main.find_all(True):
-        if tag.decomposed or tag.attrs is None:
+        if _decomposed(tag) or tag.attrs is None:
             continue
         words = " ".join(tag.get("class", []) or []) + " " + (tag.get("id") or "")
         if FURNITURE.search(words) and len(tag.get_text(" ", strip=True)) < 0.3 * total:
             tag.decompose()
+
+
+_CLOSE = ("close",)  # marks the end of a block element on the walk's stack
 
 
 class _TextBuilder:
@@ -157,35 +167,46 @@ class _TextBuilder:
         if self.parts and not self.parts[-1].endswith("\n\n"):
             self._emit("\n\n" if not self.parts[-1].endswith("\n") else "\n")
 
-    def walk(self, node: Tag) -> None:
-        for child in node.children:
-            if isinstance(child, (Comment, Doctype, ProcessingInstruction)):
+    def walk(self, root: Tag) -> None:
+        """Visit `root`'s descendants in document order, with an explicit stack instead of recursion:
+        articles nested thousands of elements deep are text like any other (Python's stack is not)."""
+        # Stack items: a node to visit, or _CLOSE + a block tag whose children are all emitted.
+        stack: list = list(reversed(list(root.children)))
+        while stack:
+            item = stack.pop()
+            if isinstance(item, tuple):
+                self._break()
                 continue
-            if isinstance(child, NavigableString):
-                text = WS.sub(" ", str(child))
-                if text.strip() or (self.parts and not self.parts[-1].endswith((" ", "\n"))):
-                    self._emit(text)
-                continue
-            if not isinstance(child, Tag):
-                continue
-            if child.get("id"):
-                self.last_anchor = child["id"]
-            elif child.name == "a" and child.get("name"):
-                self.last_anchor = child["name"]
-            if child.name in HEADINGS:
-                self._heading(child)
-            elif child.name == "pre":
-                self._break()
-                self._emit(child.get_text())
-                self._break()
-            elif child.name in BLOCKS:
-                self._break()
-                if child.name == "li":
-                    self._emit("- ")
-                self.walk(child)
-                self._break()
-            else:
-                self.walk(child)
+            self._visit(item, stack)
+
+    def _visit(self, child, stack: list) -> None:
+        if isinstance(child, (Comment, Doctype, ProcessingInstruction)):
+            return
+        if isinstance(child, NavigableString):
+            text = WS.sub(" ", str(child))
+            if text.strip() or (self.parts and not self.parts[-1].endswith((" ", "\n"))):
+                self._emit(text)
+            return
+        if not isinstance(child, Tag):
+            return
+        if child.get("id"):
+            self.last_anchor = child["id"]
+        elif child.name == "a" and child.get("name"):
+            self.last_anchor = child["name"]
+        if child.name in HEADINGS:
+            self._heading(child)
+        elif child.name == "pre":
+            self._break()
+            self._emit(child.get_text())
+            self._break()
+        elif child.name in BLOCKS:
+            self._break()
+            if child.name == "li":
+                self._emit("- ")
+            stack.append(_CLOSE)
+            stack.extend(reversed(list(child.children)))
+        else:
+            stack.extend(reversed(list(child.children)))
 
     def _heading(self, tag: Tag) -> None:
         title = WS.sub(" ", tag.get_text(" ")).strip()

@@ -4,17 +4,33 @@ PDFs go through pypdf page by page and then `ingest.clean`; HTML through `ingest
 plain text are one page each. Every failure is a `ParseError` whose message a user can act on
 ("encrypted PDF: a password is needed"), never a pypdf traceback.
 
-`parse_file` is a top-level function of plain arguments so a process pool can run it.
+Documents are untrusted, so parsing runs under `ParseLimits`: a file-size cap, a page cap read from
+the page tree before it is walked, and caps on the decoded content pages draw (a 3 KB PDF can make
+every one of its pages draw the same 0.7 MB stream). pypdf's own limits (`LimitReachedError`) and a
+structure nested too deep for Python's stack (`RecursionError`) become plain failures too. Time and
+memory are bounded one level up: `ingest.workers` runs `parse_file` in a child process with a
+deadline and an address-space limit.
+
+`parse_file` is a top-level function of plain arguments so a child process can run it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from cove.docs import Page, ParsedDocument, Section
 from ingest.clean import clean_page_text, find_sections, fix_ligatures, remove_running_lines
+
+if TYPE_CHECKING:
+    from cove.settings import ParseSettings
+
+MB = 1 << 20
 
 
 class ParseError(Exception):
@@ -24,6 +40,27 @@ class ParseError(Exception):
     def __init__(self, message: str, report: dict | None = None) -> None:
         super().__init__(message)
         self.report = report or {}
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """The caps one parse runs under: plain values, so a parser process gets them without settings."""
+
+    min_chars: int = 200
+    max_file_bytes: int = 64 * MB
+    max_pages: int = 2000
+    max_page_content_bytes: int = 8 * MB
+    max_content_bytes: int = 32 * MB
+
+    @classmethod
+    def from_settings(cls, parse: ParseSettings) -> ParseLimits:
+        return cls(
+            min_chars=parse.min_chars_per_doc,
+            max_file_bytes=parse.max_file_mb * MB,
+            max_pages=parse.max_pages,
+            max_page_content_bytes=int(parse.max_page_content_mb * MB),
+            max_content_bytes=int(parse.max_content_mb * MB),
+        )
 
 
 def sniff_kind(head: bytes) -> str | None:
@@ -45,15 +82,47 @@ def sniff_kind(head: bytes) -> str | None:
     return "text"
 
 
-def parse_file(path: str, kind: str, min_chars: int = 200) -> ParsedDocument:
-    """Parse `path` as `kind` ('pdf', 'html', 'markdown', 'text')."""
-    file = Path(path)
+def open_regular_file(path: str | Path, max_bytes: int | None = None) -> BinaryIO:
+    """Open a local document for reading, refusing what is not a regular file or is too large.
+
+    Opened without blocking, then checked on the open descriptor: a FIFO (or a device) swapped in
+    under a document's name can neither hang the read nor be read. Raises `ParseError`."""
     try:
-        data = file.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise ParseError(f"cannot read file: {err.strerror or err}") from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ParseError(f"not a regular file ({_file_type(info.st_mode)}): refused")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise ParseError(
+                f"the file is {info.st_size / MB:,.0f} MB: over the {max_bytes / MB:,.0f} MB limit (parse.max_file_mb)"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_type(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}  # fmt: skip
+    return next((name for check, name in kinds.items() if check(mode)), "a special file")
+
+
+def parse_file(path: str, kind: str, min_chars: int | None = None, limits: ParseLimits | None = None) -> ParsedDocument:
+    """Parse `path` as `kind` ('pdf', 'html', 'markdown', 'text') under `limits`."""
+    limits = limits or ParseLimits()
+    min_chars = limits.min_chars if min_chars is None else min_chars
+    try:
+        with open_regular_file(path, limits.max_file_bytes) as f:
+            data = f.read()
     except OSError as err:
         raise ParseError(f"cannot read file: {err.strerror or err}") from err
     if kind == "pdf":
-        doc = parse_pdf_bytes(data)
+        doc = parse_pdf_bytes(data, limits)
     elif kind == "html":
         from ingest.html import parse_html
 
@@ -76,12 +145,13 @@ def parse_file(path: str, kind: str, min_chars: int = 200) -> ParsedDocument:
 # --- PDF ------------------------------------------------------------------------------------------
 
 
-def parse_pdf_bytes(data: bytes) -> ParsedDocument:
+def parse_pdf_bytes(data: bytes, limits: ParseLimits | None = None) -> ParsedDocument:
     import io
 
     from pypdf import PdfReader
-    from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
+    from pypdf.errors import FileNotDecryptedError, LimitReachedError, PyPdfError
 
+    limits = limits or ParseLimits()
     # pypdf logs recoverable oddities (missing fontTools, XObject limits) as warnings: keep them
     # out of the user's terminal; the text is still extracted.
     logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -91,6 +161,7 @@ def parse_pdf_bytes(data: bytes) -> ParsedDocument:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             _decrypt_or_fail(reader)
+        check_pdf_size(reader, limits)
         if not reader.pages:
             raise ParseError("the PDF has no pages")
         metadata_title = _pdf_title(reader)
@@ -103,7 +174,11 @@ def parse_pdf_bytes(data: bytes) -> ParsedDocument:
         raise
     except FileNotDecryptedError as err:
         raise ParseError("encrypted PDF: a password is needed to read it") from err
-    except (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except LimitReachedError as err:
+        raise ParseError(f"the PDF goes past a safety limit of the PDF reader ({err})") from err
+    except RecursionError as err:
+        raise ParseError("the PDF's structure is nested too deeply to read") from err
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
         raise ParseError(f"corrupt or unreadable PDF ({type(err).__name__}: {err})") from err
     if not raw_pages:
         raise ParseError("the PDF has no pages")
@@ -149,6 +224,81 @@ def _same_title(a: str, b: str) -> bool:
     return bool(a) and squash(a) == squash(b)
 
 
+def check_pdf_size(reader, limits: ParseLimits) -> None:
+    """Refuse a PDF whose page count or decoded page content is over `limits`, before extracting text.
+
+    The page count the root of the page tree declares is read first (walking a million-page tree is
+    itself the attack); the walk that follows is capped by pypdf. Content is counted per page, so a
+    stream shared by every page counts once per page: that is what text extraction would walk."""
+    declared = _declared_page_count(reader)
+    if declared > limits.max_pages:
+        raise ParseError(
+            f"the PDF declares {declared:,} pages: over the {limits.max_pages:,}-page limit (parse.max_pages)"
+        )
+    count = len(reader.pages)
+    if count > limits.max_pages:
+        raise ParseError(f"the PDF has {count:,} pages: over the {limits.max_pages:,}-page limit (parse.max_pages)")
+    total = 0
+    for number, page in enumerate(reader.pages, start=1):
+        size = page_content_bytes(page)
+        if size > limits.max_page_content_bytes:
+            raise ParseError(
+                f"page {number} draws {size / MB:.1f} MB of content: over the "
+                f"{limits.max_page_content_bytes / MB:g} MB limit per page (parse.max_page_content_mb)"
+            )
+        total += size
+        if total > limits.max_content_bytes:
+            raise ParseError(
+                f"the pages draw more than {limits.max_content_bytes / MB:g} MB of content in all "
+                f"(parse.max_content_mb; reached at page {number} of {count})"
+            )
+
+
+def _declared_page_count(reader) -> int:
+    try:
+        count = reader.trailer["/Root"].get_object()["/Pages"].get_object().get("/Count", 0)
+        return int(count)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return 0  # no usable /Count: the capped walk still counts the pages
+
+
+def page_content_bytes(page, max_depth: int = 8) -> int:
+    """Decoded bytes of what a page draws: its content streams and the form XObjects it can use
+    (nested forms too, each form once per page)."""
+    from pypdf.generic import DictionaryObject
+
+    total = 0
+    seen: set[int] = set()
+    todo = [(page.get("/Contents"), page.get("/Resources"), 0)]
+    while todo:
+        contents, resources, depth = todo.pop()
+        total += sum(len(stream.get_data()) for stream in _streams(contents))
+        resources = resources.get_object() if resources is not None else None
+        xobjects = resources.get("/XObject") if isinstance(resources, DictionaryObject) else None
+        xobjects = xobjects.get_object() if xobjects is not None else None
+        if depth >= max_depth or not isinstance(xobjects, DictionaryObject):
+            continue
+        for ref in xobjects.values():
+            form = ref.get_object()
+            key = getattr(ref, "idnum", id(form))
+            if key in seen or not isinstance(form, DictionaryObject) or form.get("/Subtype") != "/Form":
+                continue
+            seen.add(key)
+            todo.append((form, form.get("/Resources"), depth + 1))
+    return total
+
+
+def _streams(contents) -> list:
+    from pypdf.generic import ArrayObject, StreamObject
+
+    contents = contents.get_object() if contents is not None else None
+    if isinstance(contents, StreamObject):
+        return [contents]
+    if isinstance(contents, ArrayObject):
+        return [s for s in (item.get_object() for item in contents) if isinstance(s, StreamObject)]
+    return []
+
+
 def _tidy_title(title: str) -> str:
     return re.sub(r"\s+([:,])", r"\1", " ".join(fix_ligatures(title).split()))
 
@@ -166,6 +316,8 @@ def _decrypt_or_fail(reader) -> None:
 def _extract_page(page) -> str:
     try:
         return page.extract_text() or ""
+    except MemoryError:
+        raise  # the whole parse is over its memory limit, not just this page
     except Exception:  # one broken page must not lose the rest of the paper
         return ""
 

@@ -6,7 +6,12 @@ Guarantees, whatever the input:
 - a changed document replaces its old chunks; a document whose update fails keeps its old chunks;
 - a run killed at any point is finished by running again: the catalog marks a document ``ok`` only
   after its chunks are stored, and storing deletes the document's chunks before upserting;
-- a change of index identity (embedding model, chunking) re-indexes every known document.
+- a change of index identity (embedding model, chunking) re-indexes every known document;
+- every document is parsed in a worker process with a deadline and a memory limit (`ingest.workers`):
+  a hostile file fails with a reason, it does not stall or sink the run;
+- a document is only skipped as unchanged if the store still holds its chunks, and one that cannot
+  be re-indexed after a rebuild is recorded as failed, never as ``ok`` without chunks;
+- one ingest at a time per home (`cove.lock`): a second writer is refused with the first one's name.
 
 Progress flows out through a callback of `ProgressEvent`s, so the CLI can draw progress bars and the
 app can show the same stages, from the same code.
@@ -14,14 +19,9 @@ app can show the same stages, from the same code.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import multiprocessing
-import sys
 import time
-import types
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,15 +29,17 @@ from cove import aliases
 from cove.catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, DocumentRecord
 from cove.docs import ParsedDocument
 from cove.lexical import drop_other_lexical_indexes
+from cove.lock import writer_lock
 from cove.settings import CoveSettings
 from cove.store import StoreUnavailable
 from cove.untrusted import plain_text
-from ingest.arxiv import parse_api_response, split_version
+from ingest.arxiv import carries_arxiv_stamp, parse_api_response, split_version
 from ingest.chunk import chunk_document, embedding_plan
 from ingest.copies import keep_library_copy
 from ingest.fetch import Fetcher, FetchError
-from ingest.parse import ParseError, parse_file, sniff_kind
-from ingest.sources import Source, dedupe, reading_list_aliases
+from ingest.parse import MB, ParseError, ParseLimits, open_regular_file, sniff_kind
+from ingest.sources import Source, dedupe, disown_arxiv_id, local_file_id, reading_list_aliases
+from ingest.workers import ParseJob, ParseSupervisor, WorkerLimits
 
 INGESTED, SKIPPED, FAILED = "ingested", "skipped", "failed"
 
@@ -141,6 +143,8 @@ class IngestPipeline:
         self._embedder = None
         self._fetcher: Fetcher | None = None
         self._store_changed = False
+        self._index_emptied = False  # --rebuild or new index settings: no document's old chunks are left
+        self._stored_counts: dict[str, int] | None = None  # chunks per document in the store, read once
 
     # --- lazily created heavy parts: a run with nothing to do never loads them --------------------
     @property
@@ -188,6 +192,11 @@ class IngestPipeline:
 
     # --- the run ----------------------------------------------------------------------------------
     def run(self, sources: list[Source], rebuild: bool = False, bad_inputs=()) -> IngestReport:
+        """Ingest `sources` while holding the home's writer lock (`LibraryBusy` if another process has it)."""
+        with writer_lock(self.settings.home_dir):
+            return self._run(sources, rebuild, bad_inputs)
+
+    def _run(self, sources: list[Source], rebuild: bool, bad_inputs) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport()
         report.results.extend(DocResult(source=s, status=FAILED, reason=r) for s, r in bad_inputs)
@@ -205,8 +214,8 @@ class IngestPipeline:
         if self._store_changed:
             try:
                 self._sync_lexical()
-            except StoreUnavailable:
-                pass  # the documents it hit are reported; the next reader catches up by generation
+            except (StoreUnavailable, OSError):
+                pass  # the chunks are stored; the next reader rebuilds BM25 from them (by generation)
         self.catalog.set_meta("index_id", self.settings.index_id())
         self.timings["total"] = time.perf_counter() - started
         report.timings = dict(self.timings)
@@ -222,7 +231,8 @@ class IngestPipeline:
         if stored and stored != current:
             self._store_for_writing().drop_other_indexes()
             drop_other_lexical_indexes(self.settings)
-        return rebuild or bool(stored and stored != current)
+        self._index_emptied = rebuild or bool(stored and stored != current)
+        return self._index_emptied
 
     def _with_known_documents(self, sources: list[Source]) -> list[Source]:
         requested = {s.doc_id for s in sources}
@@ -238,20 +248,23 @@ class IngestPipeline:
             t0 = time.perf_counter()
             previous = self.catalog.get(source.doc_id)
             try:
-                path, kind = self._obtain(source)
-                content_hash = _file_hash(path)
+                path, kind, content_hash = self._obtain(source)
                 keep_library_copy(self.settings, path, content_hash, kind)
             except (FetchError, ParseError, OSError) as err:
+                previous = self._disown(source) if source.arxiv_unproven else previous
                 self._record_failure(source, previous, _reason(err), report)
                 continue
             finally:
                 self.timings["fetch"] += time.perf_counter() - t0
+            if source.arxiv_unproven:
+                previous = self._earlier_verdict(source, previous, content_hash)
             unchanged = (
                 not force
                 and previous is not None
                 and previous.status == STATUS_OK
                 and previous.content_hash == content_hash
                 and previous.index_id == current_index
+                and self._in_store(previous)
             )
             if unchanged:
                 _keep_citekey(self.catalog, previous, source.citekey)
@@ -271,19 +284,68 @@ class IngestPipeline:
         self.progress(ProgressEvent("fetch", len(sources), len(sources)))
         return work
 
-    def _obtain(self, source: Source) -> tuple[Path, str]:
-        """The document's bytes on disk and what kind of document they really are."""
+    # --- files named like arXiv papers ------------------------------------------------------------
+    def _earlier_verdict(self, source: Source, claimed: DocumentRecord | None, content_hash: str):
+        """The record for a file named like an arXiv paper whose exact bytes were indexed before: it
+        keeps the verdict it got then (the arXiv id, or its own id), so it is not re-parsed to decide."""
+        if claimed is not None and claimed.content_hash == content_hash:
+            source.arxiv_unproven = False
+            return claimed
+        own = self.catalog.get(local_file_id(Path(source.location)))
+        if own is not None and own.content_hash == content_hash:
+            return self._disown(source)
+        return claimed
+
+    def _settle_claim(self, item: _Work, parsed: ParsedDocument | None) -> None:
+        """Keep a file's arXiv id only if page 1 carries that paper's arXiv stamp; otherwise the file
+        is indexed under its own id and the real paper's chunks stay as they are."""
+        source = item.source
+        if parsed is not None and parsed.pages and carries_arxiv_stamp(parsed.pages[0].text, source.arxiv_id):
+            source.arxiv_unproven = False
+            return
+        claimed = source.arxiv_id
+        item.previous = self._disown(source)
+        if parsed is not None:
+            parsed.warnings.append(
+                f"named like arXiv paper {claimed}, but page 1 has no arXiv stamp with that id: indexed as a file"
+            )
+
+    def _disown(self, source: Source) -> DocumentRecord | None:
+        disown_arxiv_id(source)
+        return self.catalog.get(source.doc_id)
+
+    def _in_store(self, record: DocumentRecord) -> bool:
+        """Does the store hold exactly the chunks the catalog says this document has?
+
+        A document is only skipped as unchanged when it does: a catalog that claims chunks the store
+        lost (an interrupted rebuild, a store restored from an older copy) must not keep the paper
+        out of the index for good. One count answers for the whole library when the totals agree;
+        otherwise the store is counted per document, once per run."""
+        if self._stored_counts is None:
+            current = self.settings.index_id()
+            claimed = {
+                r.doc_id: r.chunks for r in self.catalog.all() if r.status == STATUS_OK and r.index_id == current
+            }
+            total = self.store.count()
+            self._stored_counts = claimed if total == sum(claimed.values()) else self.store.ids_by_document()
+        return self._stored_counts.get(record.doc_id, 0) == record.chunks
+
+    def _obtain(self, source: Source) -> tuple[Path, str, str]:
+        """The document's bytes on disk, what kind of document they really are, and their hash.
+
+        Local files are opened as regular files only (a FIFO or device swapped in is refused, never
+        waited on) and over `parse.max_file_mb` they are refused before a byte is hashed."""
         if source.local:
             path = Path(source.location)
-            with path.open("rb") as f:
-                head = f.read(4096)
         else:
-            url = download_url(source, self.settings)
-            fetched = self.fetcher.fetch(url)
-            path = fetched.path
-            with path.open("rb") as f:
-                head = f.read(4096)
-        return path, decide_kind(sniff_kind(head), source.kind_hint, source.local, source.location)
+            path = self.fetcher.fetch(download_url(source, self.settings)).path
+        with open_regular_file(path, self.settings.parse.max_file_mb * MB) as f:
+            head = f.read(4096)
+            digest = hashlib.sha256(head)
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        kind = decide_kind(sniff_kind(head), source.kind_hint, source.local, source.location)
+        return path, kind, digest.hexdigest()
 
     def _arxiv_metadata(self, source: Source) -> None:
         """Fill title, authors, year, version from the arXiv API; keep what we have if it fails.
@@ -311,13 +373,14 @@ class IngestPipeline:
             return
         total = len(work)
         self.progress(ProgressEvent("parse", 0, total))
-        min_chars = self.settings.parse.min_chars_per_doc
         done = 0
         store_down: str | None = None
-        for item, parsed, error, seconds, parse_report in self._parse_results(work, min_chars):
+        for item, parsed, error, seconds, parse_report in self._parse_results(work):
             done += 1
             self.timings["parse"] += seconds
             self.progress(ProgressEvent("parse", done, total, item.source.source))
+            if item.source.arxiv_unproven:
+                self._settle_claim(item, parsed)
             if store_down is not None:  # no point parsing on into a store that is gone; the re-run resumes
                 report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", store_down))
             elif error is not None:
@@ -329,31 +392,22 @@ class IngestPipeline:
                     store_down = f"not indexed: {err}"
                     self._record_pending(item.source.doc_id, store_down)
                     report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", store_down))
+                except OSError as err:  # a full disk, say: this document waits for the re-run, the rest go on
+                    reason = f"not indexed: {err.strerror or err}"
+                    self._record_pending(item.source.doc_id, reason)
+                    report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", reason))
 
-    def _parse_results(self, work: list[_Work], min_chars: int):
-        """Yield (work, parsed | None, error | None, seconds, parse report of a failed parse) as
-        documents finish parsing.
+    def _parse_results(self, work: list[_Work]):
+        """Yield (work, parsed | None, error | None, seconds, parse report of a failed parse) as documents finish parsing.
 
-        Several documents are parsed in worker processes while this process embeds the ones already
-        parsed; a single document is parsed in-process (starting a pool costs more than it saves).
-        """
-        workers = min(self.settings.parse.workers, len(work))
-        if workers <= 1:
-            for item in work:
-                yield (item, *_timed_parse(str(item.path), item.kind, min_chars))
-            return
-        context = multiprocessing.get_context("spawn")  # fork after torch/chroma threads is unsafe
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            with _plain_main_module():  # workers start on submit
-                futures: dict[Future, _Work] = {
-                    pool.submit(_timed_parse, str(item.path), item.kind, min_chars): item for item in work
-                }
-            for future in as_completed(futures):
-                item = futures[future]
-                try:
-                    yield (item, *future.result())
-                except Exception as err:  # e.g. the worker died (BrokenProcessPool)
-                    yield item, None, f"parser crashed ({type(err).__name__}: {err})", 0.0, {}
+        Every document, even a lone one, is parsed in a worker process with a deadline and a memory
+        limit (`ingest.workers`); the workers go on parsing while this process embeds."""
+        cfg = self.settings.parse
+        limits = WorkerLimits(ParseLimits.from_settings(cfg), cfg.timeout_s, cfg.max_memory_mb)
+        jobs = [ParseJob(str(item.path), item.kind, item) for item in work]
+        with ParseSupervisor(limits, workers=min(cfg.workers, len(work))) as supervisor:
+            for outcome in supervisor.run(jobs):
+                yield outcome.job.tag, outcome.document, outcome.error, outcome.seconds, outcome.report
 
     def _index(self, item: _Work, parsed: ParsedDocument, report: IngestReport) -> None:
         source = item.source
@@ -469,11 +523,19 @@ class IngestPipeline:
         report: IngestReport,
         parse_report: dict | None = None,
     ) -> None:
-        if previous is not None and previous.status == STATUS_OK and previous.index_id == self.settings.index_id():
+        still_indexed = (
+            previous is not None
+            and previous.status == STATUS_OK
+            and previous.index_id == self.settings.index_id()
+            and not self._index_emptied
+        )
+        if still_indexed:
             # Keep the good copy we have; say that refreshing it failed.
             previous.error = f"update failed: {reason}"
             self.catalog.upsert(previous)
         else:
+            if previous is not None and previous.status == STATUS_OK:
+                reason += "; it is no longer in the rebuilt index (ingest it again once this is fixed)"
             self.catalog.upsert(
                 DocumentRecord(
                     doc_id=source.doc_id,
@@ -530,41 +592,6 @@ def decide_kind(sniffed: str | None, hint: str | None, local: bool, location: st
     if hint in ("markdown", "text", "html"):
         return hint
     return "markdown" if location.lower().endswith((".md", ".markdown")) else "text"
-
-
-@contextlib.contextmanager
-def _plain_main_module():
-    """Start spawned workers without re-running the parent's ``__main__`` script.
-
-    A spawned process re-imports the parent's main module. Under Streamlit that is the chat app
-    script, so each parse worker would start building the app (and open its SQLite files). The
-    parse workers need nothing from ``__main__``, so they are started against an empty one.
-    """
-    real_main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if real_main is None:
-            sys.modules.pop("__main__", None)
-        else:
-            sys.modules["__main__"] = real_main
-
-
-def _timed_parse(path: str, kind: str, min_chars: int) -> tuple[ParsedDocument | None, str | None, float, dict]:
-    t0 = time.perf_counter()
-    try:
-        return parse_file(path, kind, min_chars), None, time.perf_counter() - t0, {}
-    except ParseError as err:
-        return None, str(err), time.perf_counter() - t0, err.report
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _reason(err: Exception) -> str:

@@ -2,18 +2,29 @@
 
 A `Source` says where a document comes from and fixes its document id, deterministically, so the same
 paper ingested twice is recognised: arXiv papers by their version-less id, web documents by URL, local
-files by path (or by arXiv id when the file is named like one, e.g. ``1706.03762.pdf``).
+files by path. A local file or upload named like an arXiv paper (``1706.03762.pdf``) only *claims* that
+id: ingest keeps it if page 1 carries the paper's arXiv stamp, and indexes the file under its own id
+otherwise (`disown_arxiv_id`), so a stray file cannot replace the real paper's chunks.
+
+Folders are walked without trusting what is in them: a symbolic link that leads out of the folder,
+a FIFO, a device or a file name that is not UTF-8 is reported as a bad input of its own, and the
+rest of the folder is ingested.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import re
+import stat
+import tempfile
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from ingest.arxiv import FILENAME_RE, TEXT_RE, doc_id_for, parse_arxiv_id, split_version
@@ -42,6 +53,7 @@ class Source:
     year: str = ""
     citekey: str = ""  # from a reference manager's export (BibTeX, Zotero): kept on the document
     alias: str = ""  # the name people use for it ("GPT-2"), shown after the title
+    arxiv_unproven: bool = False  # the arXiv id comes from a file name only (see `disown_arxiv_id`)
 
     @property
     def link(self) -> str:
@@ -98,35 +110,122 @@ def from_url(url: str, title: str = "", topic: str = "", kind_hint: str | None =
     )
 
 
-def from_path(path: Path) -> Source:
-    """One local file. The kind comes from the extension (content is sniffed again when parsing)."""
+def from_path(path: Path, shown_name: str | None = None) -> Source:
+    """One local file. The kind comes from the extension (content is sniffed again when parsing).
+
+    A PDF named like an arXiv paper (by `shown_name`, for uploads, or its own name) claims that
+    paper's id until ingest has read page 1 (see `disown_arxiv_id`)."""
     path = path.expanduser().resolve()
+    if not _is_utf8(str(path)):
+        raise SourceError(f"the file name is not valid UTF-8 ({_printable(str(path))}): rename it to ingest it")
     kind = LOCAL_KINDS.get(path.suffix.lower())
     if kind is None:
         raise SourceError(f"unsupported file type {path.suffix or '(none)'!r}: {path.name}")
-    arxiv_name = FILENAME_RE.match(path.stem)
+    name = shown_name or path.name
+    arxiv_name = FILENAME_RE.match(Path(name).stem)
     if arxiv_name and kind == "pdf":
         arxiv_id = arxiv_name.group(1)
-        doc_id = doc_id_for(arxiv_id)
-    else:
-        arxiv_id = ""
-        doc_id = f"file-{_slug(path.stem, 40) or 'doc'}-{_short_hash(str(path))}"
-    return Source(doc_id=doc_id, location=str(path), source=path.name, kind_hint=kind, local=True, arxiv_id=arxiv_id)
+        return Source(
+            doc_id=doc_id_for(arxiv_id),
+            location=str(path),
+            source=name,
+            kind_hint=kind,
+            local=True,
+            arxiv_id=arxiv_id,
+            arxiv_unproven=True,
+        )
+    return Source(doc_id=local_file_id(path), location=str(path), source=name, kind_hint=kind, local=True)
+
+
+def local_file_id(path: Path) -> str:
+    """The document id of a local file that is not an arXiv paper: its name and a hash of its path."""
+    return f"file-{_slug(path.stem, 40) or 'doc'}-{_short_hash(str(path))}"
+
+
+def disown_arxiv_id(source: Source) -> None:
+    """Index a file that is named like an arXiv paper, but did not prove it, as the local file it is."""
+    source.doc_id = local_file_id(Path(source.location))
+    source.arxiv_id = ""
+    source.arxiv_unproven = False
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode turned undecodable bytes into lone surrogates
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def expand_local(target: Path) -> tuple[list[Source], list[tuple[str, str]]]:
     """Sources for a file or every supported file under a folder, plus (input, reason) for bad input."""
     target = target.expanduser()
-    if not target.exists():
-        return [], [(str(target), "no such file or folder")]
-    if target.is_file():
-        try:
-            return [from_path(target)], []
-        except SourceError as err:
-            return [], [(str(target), str(err))]
-    files = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_KINDS)
-    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(target).parts)]
-    return [from_path(p) for p in files], []
+    if not os.path.lexists(target) or not target.exists():
+        return [], [(_printable(str(target)), "no such file or folder")]
+    if target.is_dir():
+        return _folder_sources(target)
+    problem = _not_a_document(target, root=None)
+    if problem:
+        return [], [(_printable(str(target)), problem)]
+    try:
+        return [from_path(target)], []
+    except SourceError as err:
+        return [], [(_printable(str(target)), str(err))]
+
+
+def _folder_sources(folder: Path) -> tuple[list[Source], list[tuple[str, str]]]:
+    """Every supported file under `folder` (hidden files and folders skipped, links to folders not
+    followed), each checked on its own: one bad entry is one bad input, never the whole folder."""
+    root = folder.resolve()
+    sources: list[Source] = []
+    bad: list[tuple[str, str]] = []
+    for path in _entries(root):
+        named_like_a_document = path.suffix.lower() in LOCAL_KINDS
+        problem = _not_a_document(path, root)
+        if problem is None and not named_like_a_document:
+            continue  # a link to a folder or a file inside this folder: walked (or skipped) already
+        if problem is None:
+            try:
+                sources.append(from_path(path))
+                continue
+            except SourceError as err:
+                problem = str(err)
+        bad.append((_printable(str(path)), problem))
+    return sources, bad
+
+
+def _entries(root: Path):
+    """Files named like documents under `root`, plus every symbolic link (to check where it leads)."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        linked_folders = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        for name in sorted(filenames) + linked_folders:
+            path = Path(dirpath) / name
+            if not name.startswith(".") and (path.suffix.lower() in LOCAL_KINDS or path.is_symlink()):
+                yield path
+
+
+def _not_a_document(path: Path, root: Path | None) -> str | None:
+    """Why `path` must not be read as a document, or None. With `root`, a symbolic link must stay
+    inside it: a link in a shared folder must not pull in (and later serve) a file from elsewhere."""
+    try:
+        real = path.resolve(strict=True)
+        mode = real.stat().st_mode
+    except (OSError, RuntimeError):  # a dangling link, or a loop of links
+        return "a broken symbolic link" if path.is_symlink() else "cannot be read"
+    if root is not None and path.is_symlink() and not real.is_relative_to(root):
+        return f"a symbolic link to {_printable(str(real))}, outside the folder: refused"
+    if stat.S_ISDIR(mode):
+        return None
+    if not stat.S_ISREG(mode):
+        kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device", stat.S_ISSOCK: "a socket"}
+        what = next((name for check, name in kinds.items() if check(mode)), "a special file")
+        return f"not a regular file ({what}): refused"
+    return None
 
 
 def from_text(item: str) -> Source:
@@ -169,29 +268,41 @@ def collect_sources(
     return chosen, bad
 
 
-def from_upload(name: str, data: bytes, uploads_dir: Path, max_bytes: int) -> Source:
-    """A PDF uploaded through the app: checked, then saved under `uploads_dir` by its content hash,
-    so uploading the same file twice gives the same document (and the same copy on disk)."""
+def from_upload(name: str, data: bytes | BinaryIO, uploads_dir: Path, max_bytes: int) -> Source:
+    """A PDF uploaded through the app, streamed to disk in blocks while it is hashed and checked.
+
+    It is kept as ``<name>-<content hash>.pdf``: a different file with the same name never replaces
+    another upload, and the same file uploaded twice is one document (and one copy on disk). A name
+    like ``1706.03762.pdf`` only claims the arXiv id (see `from_path`)."""
     shown = Path(name).name or "upload.pdf"
-    if not data:
-        raise SourceError("the file is empty")
-    if len(data) > max_bytes:
-        raise SourceError(f"{len(data) / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB limit")
-    if b"%PDF-" not in data[:1024]:
-        raise SourceError("not a PDF (it does not start with %PDF-)")
-    digest = hashlib.sha256(data).hexdigest()[:12]
-    stem = _slug(Path(shown).stem, 60) or "upload"
-    # An arXiv-named upload ("1706.03762v7.pdf") keeps its name, so it gets the paper's id.
-    arxiv_named = FILENAME_RE.match(Path(shown).stem)
-    target = uploads_dir / (f"{Path(shown).stem}.pdf" if arxiv_named else f"{stem}-{digest}.pdf")
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    if hasattr(stream, "seek"):
+        stream.seek(0)
     uploads_dir.mkdir(parents=True, exist_ok=True)
-    if not target.exists() or target.read_bytes() != data:
-        partial = target.with_suffix(".part")
-        partial.write_bytes(data)
-        partial.replace(target)  # atomic: a killed upload leaves no half PDF behind
-    source = from_path(target)
-    source.source = shown
-    return source
+    fd, partial = tempfile.mkstemp(dir=uploads_dir, prefix=".upload-", suffix=".part")
+    try:
+        digest, head = hashlib.sha256(), b""
+        with os.fdopen(fd, "wb") as out:
+            size = 0
+            while block := stream.read(1 << 20):
+                size += len(block)
+                if size > max_bytes:
+                    raise SourceError(f"more than {max_bytes / 2**20:.0f} MB: over the upload limit")
+                head += block[: max(0, 1024 - len(head))]
+                digest.update(block)
+                out.write(block)
+        if not size:
+            raise SourceError("the file is empty")
+        if b"%PDF-" not in head:
+            raise SourceError("not a PDF (it does not start with %PDF-)")
+        target = uploads_dir / f"{_slug(Path(shown).stem, 60) or 'upload'}-{digest.hexdigest()[:16]}.pdf"
+        if not target.exists():
+            os.replace(partial, target)  # atomic: a killed upload leaves no half PDF behind
+    except OSError as err:  # a full disk: nothing half-written stays behind
+        raise SourceError(f"cannot save the upload: {err.strerror or err}") from err
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return from_path(target, shown_name=shown)
 
 
 # --- reading lists -------------------------------------------------------------------------------
@@ -260,13 +371,16 @@ def parse_markdown_reading_list(markdown: str) -> list[Source]:
 
 
 def dedupe(sources: list[Source]) -> list[Source]:
-    """First occurrence of each document id wins (later ones may only add a missing title or citekey)."""
-    seen: dict[str, Source] = {}
+    """First occurrence of each document id wins (later ones may only add a missing title or citekey).
+    A file that only claims an arXiv id is kept apart until ingest has checked the claim: a stray
+    ``1706.03762.pdf`` must not push the real paper out of the run (or the other way round)."""
+    seen: dict[tuple[str, str], Source] = {}
     for src in sources:
-        if src.doc_id in seen:
-            first = seen[src.doc_id]
+        key = (src.doc_id, src.location if src.arxiv_unproven else "")
+        if key in seen:
+            first = seen[key]
             first.title = first.title or src.title
             first.citekey = first.citekey or src.citekey
             continue
-        seen[src.doc_id] = src
+        seen[key] = src
     return list(seen.values())

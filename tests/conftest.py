@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hostile import pdf_from_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -59,20 +60,7 @@ def make_text_pdf(text: str = "Hello") -> bytes:
     return write_pdf(objects)
 
 
-def write_pdf(objects: list[bytes], root: int = 1) -> bytes:
-    """A PDF file of numbered objects (object `root` is the catalog), with its cross-reference table."""
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    for offset in offsets:
-        out.write(b"%010d 00000 n \n" % offset)
-    out.write(b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, root, xref))
-    return out.getvalue()
+write_pdf = pdf_from_objects  # one PDF writer for the tests (tests/hostile.py)
 
 
 def make_encrypted_pdf(source: Path) -> bytes:

@@ -92,15 +92,18 @@ def test_uploads_are_checked_and_saved_once(tmp_path):
     again = from_upload("My Paper.pdf", pdf, tmp_path / "up", max_bytes=10_000_000)
     assert first.doc_id == again.doc_id and first.source == "My Paper.pdf" and first.local
     assert len(list((tmp_path / "up").iterdir())) == 1
+    other = from_upload("My Paper.pdf", make_text_pdf("Other text. " * 30), tmp_path / "up", max_bytes=10_000_000)
+    assert other.doc_id != first.doc_id and len(list((tmp_path / "up").iterdir())) == 2  # kept by content hash
+    # Named like an arXiv paper: the id is only claimed (ingest keeps it if page 1 has the stamp).
     arxiv = from_upload("1706.03762v7.pdf", pdf, tmp_path / "up", max_bytes=10_000_000)
-    assert arxiv.doc_id == "arxiv-1706.03762"
+    assert arxiv.doc_id == "arxiv-1706.03762" and arxiv.arxiv_unproven
     for name, data, reason in [
         ("x.pdf", b"", "empty"),
         ("x.pdf", b"<html>not a pdf</html>", "not a PDF"),
-        ("x.pdf", pdf, "limit"),
+        ("x.pdf", pdf, "over the upload limit"),
     ]:
         with pytest.raises(SourceError, match=reason):
-            from_upload(name, data, tmp_path / "up", max_bytes=100 if reason == "limit" else 10_000_000)
+            from_upload(name, data, tmp_path / "up", max_bytes=100 if "limit" in reason else 10_000_000)
 
 
 def test_collect_sources_reports_bad_input_and_keeps_the_rest(tmp_path):

