@@ -152,7 +152,8 @@ def ingest(
     chosen, bad = src.collect_sources(from_ or [], url or [], arxiv or [], reading_list or [])
     for export in [*(bibtex or []), *(zotero or [])]:
         chosen, bad = _add_references(export, chosen, bad)
-    if not (from_ or url or arxiv or reading_list or bibtex or zotero or rebuild):  # --rebuild alone: the known documents only
+    # --rebuild alone: the known documents only
+    if not (from_ or url or arxiv or reading_list or bibtex or zotero or rebuild):
         chosen = src.curated_reading_list()
         console.print(f"Ingesting the curated reading list ({len(chosen)} papers and articles).")
 

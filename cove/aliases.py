@@ -24,12 +24,15 @@ from collections.abc import Iterable
 from cove import text as tx
 
 MAX_ALIASES = 8
+MAX_TEXT_CHARS = 40_000  # the opening pages of a paper; a hostile document gets no more read
+# Every repetition is bounded ({1,30}, {0,3}): the text is untrusted, and an unbounded word pattern
+# backtracks quadratically over a long run of letters (225 KB of one "word" took minutes).
 _ACRONYM_DEF = re.compile(
-    r"((?:[A-Z]?[a-z]+[-\s]){1,6}[A-Za-z]+)\s*(?:\(|,\s*or\s+)([A-Z][A-Za-z0-9]*[A-Z][A-Za-z0-9-]*)\)?"
+    r"((?:[A-Z]?[a-z]{1,30}[-\s]){1,6}[A-Za-z]{1,30})\s*(?:\(|,\s*or\s+)([A-Z][A-Za-z0-9]{0,12}[A-Z][A-Za-z0-9-]{0,12})\)?"
 )
 _PROPOSAL = re.compile(
     r"\bwe\s+(?:propose|introduce|present|call|name|dub|term|develop)\b[^.]{0,100}?,?\s+(?:the|a|an|called|named|dubbed)?\s*"
-    r"([A-Z][A-Za-z0-9-]*(?:\s+[A-Z][A-Za-z0-9-]*)*)(?=[,.;:\s])",
+    r"([A-Z][A-Za-z0-9-]{0,30}(?:\s+[A-Z][A-Za-z0-9-]{0,30}){0,3})(?=[,.;:\s])",
 )
 _PARENTHESISED = re.compile(r"\(([A-Z][A-Za-z0-9 .-]{1,20})\)\s*$")
 _TOO_GENERIC = {"We", "Our", "The", "This", "It", "In", "Table", "Figure", "Section", "Appendix", "Equation"}
@@ -66,6 +69,7 @@ def aliases_from_text(text: str, title: str = "", min_uses: int = 3) -> list[str
     acronyms of its title's words ("Low-Rank Adaptation (LoRA)") or in its title, and what it says
     it proposes ("we propose ..., the Transformer")."""
     found: list[str] = []
+    text = text[:MAX_TEXT_CHARS]
     folded_title = tx.fold(title)
     for words, acronym in _ACRONYM_DEF.findall(text):
         phrase = _defines(words, acronym)

@@ -398,7 +398,8 @@ class IngestPipeline:
                     report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", reason))
 
     def _parse_results(self, work: list[_Work]):
-        """Yield (work, parsed | None, error | None, seconds, parse report of a failed parse) as documents finish parsing.
+        """Yield (work, parsed | None, error | None, seconds, parse report of a failed parse) as
+        documents finish parsing.
 
         Every document, even a lone one, is parsed in a worker process with a deadline and a memory
         limit (`ingest.workers`); the workers go on parsing while this process embeds."""

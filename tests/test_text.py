@@ -54,3 +54,22 @@ def test_numbers_names_and_forms():
     assert tx.index_form("\u03b22 of GPT-2") == " beta 2 of GPT2"
     assert tx.citations("A claim [1, 3][2].") == [1, 3, 2]
     assert tx.strip_citations("A claim [1] here.") == "A claim here."
+
+
+def test_aliases_from_a_papers_opening_and_from_hostile_text():
+    """The names a paper gives itself come from its text; a long run of letters (untrusted text)
+    costs milliseconds, not the quadratic backtracking an unbounded word pattern takes."""
+    import time
+
+    from cove.aliases import aliases_from_text
+
+    opening = (
+        "We propose LoRA. Low-Rank Adaptation, or LoRA, freezes the weights. LoRA adds trainable "
+        "rank decomposition matrices; LoRA performs on-par with fine-tuning. "
+    )
+    assert aliases_from_text(opening, "LoRA: Low-Rank Adaptation of Large Language Models") == ["LoRA"]
+    assert aliases_from_text(opening.replace("LoRA", "XyZ"), "An unrelated title") == []
+    started = time.process_time()
+    for hostile in ["a" * 225_000, "Ab " * 80_000, "We propose " + "Abc " * 50_000]:
+        assert aliases_from_text(hostile, "title") == []
+    assert time.process_time() - started < 5  # quadratic backtracking took minutes
