@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -254,6 +254,15 @@ class AnswerEngine:
         if self._model is None:
             self._model = load_chat_model(self.settings.model)
         return self._model
+
+    def _lead_settings(self) -> ComposeSettings:
+        """The compose settings with `generated_lead='auto'` decided for this model: a small local
+        model's sentences never lead (they pass the word checks while changing the meaning)."""
+        lead = self.compose_settings.generated_lead
+        size = self.model.parameters if lead == "auto" else None
+        if size is not None and size < self.settings.answer.capable_model_parameters:
+            lead = "never"
+        return replace(self.compose_settings, generated_lead=lead)
 
     # --- the entry point ---------------------------------------------------------------------------
     def ask(
@@ -554,7 +563,7 @@ class AnswerEngine:
                     checked.append(SentenceCheck(answer.model_reply, [n], True, supported_by=n))
         if not self.settings.answer.cove.claims:  # the draft is then checked as single-shot checks it
             checked += draft.checks
-        composition = compose(question, pool, self.scorer, checked, self.compose_settings, verification.parts)
+        composition = compose(question, pool, self.scorer, checked, self._lead_settings(), verification.parts)
         composition.corrections = verification.corrections + _dropped_claims(verification) + composition.corrections
         for fix in verification.corrections:  # the verifying quote answers in place of the wrong claim
             if fix.source is not None and not any(s.source == fix.source for s in composition.sentences):
@@ -567,7 +576,7 @@ class AnswerEngine:
     # --- 5. compose -----------------------------------------------------------------------------------
     def compose(self, question: Question, draft: Draft, retrieval: Retrieval, meter, emit) -> Composition:
         t0 = time.perf_counter()
-        composition = compose(question, self._pool(retrieval), self.scorer, draft.checks, self.compose_settings)
+        composition = compose(question, self._pool(retrieval), self.scorer, draft.checks, self._lead_settings())
         meter.timed(Stage.COMPOSE, t0)
         emit(Composed(Stage.COMPOSE, composition.mode.value, composition.text(), composition.mode.value,
                       [str(c) for c in composition.corrections]))  # fmt: skip

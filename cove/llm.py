@@ -89,6 +89,11 @@ class ChatModel:
 
     name: str = "model"
 
+    @property
+    def parameters(self) -> int | None:
+        """How many weights the model has, where known (None: a server's model, a scripted one)."""
+        return None
+
     def chat(
         self,
         messages: list[Message],
@@ -98,7 +103,6 @@ class ChatModel:
         on_wait: Callable[[], None] | None = None,
     ) -> Completion:
         raise NotImplementedError
-
 
 
 def resolve_model_path(model: str) -> str:
@@ -197,6 +201,10 @@ class LlamaCppModel(ChatModel):
                 self._llm.reset()
                 if self.settings.state_cache_mb:
                     self._llm.set_cache(LlamaRAMCache(capacity_bytes=self.settings.state_cache_mb << 20))
+
+    @property
+    def parameters(self) -> int | None:
+        return int(self.llm._model.n_params())
 
     def render(self, messages: list[Message]) -> str:
         """The prompt text for `messages` with the model's own chat template; control strings inside

@@ -123,11 +123,23 @@ def analyze(question: str, named: Callable[[str], set[str]] | None = None) -> Qu
 
 
 _ASKING = re.compile(rf"\b{_WH}\b", re.IGNORECASE)
+# A clause opened by a preposition or a subordinator sets the scene ("In Attention Is All You Need",
+# "When the authors took the 100 value vectors ...", "With LoRA on GPT-3 175B") when the clauses
+# after it ask: a question word inside it is then part of a name or of the scene, not a question.
+_SCENE = re.compile(
+    r"^(?:in|for|with|on|during|across|under|at|after|before|once|when|while|per|according to|using|"
+    r"within|from|of|about)\b", re.IGNORECASE,
+)
+_OPENS_QUESTION = re.compile(rf"^\s*(?:[\w'-]+\s+){{0,3}}?{_QUESTION_WORD}\b", re.IGNORECASE)
 
 
 def _setting(pieces: list[str]) -> tuple[str, list[str]]:
     """A leading clause that asks nothing ('In LoRA', 'For the parsing experiment') and the rest."""
-    if len(pieces) > 1 and not _ASKING.search(pieces[0]):
+    if len(pieces) < 2:
+        return "", pieces
+    asks_nothing = not _ASKING.search(pieces[0])
+    scene = bool(_SCENE.match(pieces[0])) and all(_OPENS_QUESTION.match(p) for p in pieces[1:])
+    if asks_nothing or scene:
         return pieces[0], pieces[1:]
     return "", pieces
 
@@ -153,6 +165,8 @@ _COMPARE_CLAUSE = re.compile(r"^(?:compare|contrast)\s+(.+?)\s+(?:with|to|and|ag
 def _compared(clause: str) -> list[str]:
     """'compare A with B' / 'A compared to B' / 'A vs. B' -> [A, B] (each side keeps its own words)."""
     found = _COMPARE_CLAUSE.match(clause.strip())
+    if not found and wants_number(clause):
+        return []  # "how much faster is A than B", "how big is X compared to Y": one relative fact
     sides = [found.group(1), found.group(2)] if found else _COMPARE.split(clause)
     if len(sides) == 2 and all(tx.key_terms(side) or tx.entities(side) for side in sides):
         return sides

@@ -125,7 +125,7 @@ def candidates(evidence: Evidence, max_pair_chars: int = 600) -> list[Candidate]
         if _overlaps(start, end, evidence.unquotable):
             continue
         sentence = tx.squash(evidence.text[start:end]).lstrip("\u2022 ")
-        if 20 <= len(sentence) <= 400 and sum(c.isalpha() for c in sentence) > 0.5 * len(sentence):
+        if 20 <= len(sentence) <= 400 and _reads_as_prose(sentence):
             singles.append(Candidate(sentence, evidence.n, start, end))
     pairs = [
         Candidate(f"{a.text} {b.text}", evidence.n, a.start, b.end, pair=True)
@@ -133,6 +133,15 @@ def candidates(evidence: Evidence, max_pair_chars: int = 600) -> list[Candidate]
         if len(a.text) + len(b.text) < max_pair_chars and not _overlaps(a.end, b.start, evidence.unquotable)
     ]
     return singles + pairs
+
+
+def _reads_as_prose(sentence: str) -> bool:
+    """Words, not a run of symbols: mostly letters and digits, and at least three words of letters.
+    A sentence stating hyper-parameters ("We used Adam with β1 = 0.9, β2 = 0.98 and ϵ = 10−9.") is
+    half digits and signs yet exactly what a question about them wants quoted; how much of a
+    candidate is symbols is left to the scorer (`symbol_density`)."""
+    dense = sum(c.isalnum() for c in sentence) > 0.5 * len(sentence)
+    return dense and len(re.findall(r"[^\W\d_]{2,}", sentence)) >= 3
 
 
 def _overlaps(start: int, end: int, spans: Sequence[tuple[int, int, str]]) -> bool:

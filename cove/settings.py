@@ -232,7 +232,14 @@ class AnswerSettings(BaseModel):
     generated_lead: Literal["auto", "always", "never"] = Field(
         "auto",
         description="When the model's checked sentences lead the answer: 'auto' when they cover every part of the "
-        "question (a capable model), 'always', or 'never' (quotes always lead).",
+        "question and agree with its best quotes, and the model is capable (see capable_model_parameters), "
+        "'always', or 'never' (quotes always lead).",
+    )
+    capable_model_parameters: int = Field(
+        1_000_000_000,
+        description="Under generated_lead='auto', a local model with fewer weights than this never leads the answer "
+        "(the bundled 135M model's paraphrases pass the word checks yet change meaning); a server's model, whose "
+        "size is unknown, is taken as capable.",
     )
     min_relevance: float = Field(
         0.34,

@@ -168,14 +168,39 @@ def gate_matrix(rows) -> tuple[np.ndarray, np.ndarray]:
     return np.array(xs, dtype=float), np.array(ys, dtype=bool)
 
 
-def fit_gate(x: np.ndarray, y: np.ndarray, max_false_refusals: float) -> dict:
-    """Logistic regression (balanced classes) on the gate features, and the probability cut that
-    best separates answerable from unanswerable parts with at most `max_false_refusals` of the
-    answerable ones below it."""
-    from sklearn.linear_model import LogisticRegression
+# The gate's features can only raise the odds that the best sentence answers (its score, how much of
+# the asked thing it states, how close it is in meaning, a number about the asked thing, a good
+# retrieval rank) or only lower them (no number where one is asked). Unconstrained, correlated
+# features trade off against each other and a fit can give "states more of the asked thing" a
+# negative weight; the signs keep the gate monotone, which is what lets it be explained.
+GATE_SIGNS = {
+    **dict.fromkeys(("score", "focus", "context", "similarity", "passage_similarity", "number_about", "rank"), _UP),
+    "no_number": _DOWN,
+}
 
-    model = LogisticRegression(class_weight="balanced", C=1.0, max_iter=2000).fit(x, y)
-    p = model.predict_proba(x)[:, 1]
+
+def fit_gate(x: np.ndarray, y: np.ndarray, max_false_refusals: float, l2: float = 1.0) -> dict:
+    """Logistic regression (balanced classes, L2, signs bounded by `GATE_SIGNS`) on the gate
+    features, and the probability cut that best separates answerable from unanswerable parts with
+    at most `max_false_refusals` of the answerable ones below it."""
+    from scipy.optimize import minimize
+
+    weight = np.where(y, 0.5 / max(1, y.sum()), 0.5 / max(1, (~y).sum()))  # balanced classes
+    target = y.astype(float)
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:-1], theta[-1]
+        z = x @ w + b
+        p = 1.0 / (1.0 + np.exp(-z))
+        nll = -np.sum(weight * (target * np.log(p + 1e-12) + (1 - target) * np.log(1 - p + 1e-12)))
+        residual = weight * (p - target)
+        reg = l2 / len(y)
+        grad = np.append(x.T @ residual + 2 * reg * w, residual.sum())
+        return nll + reg * float(w @ w), grad
+
+    bounds = [GATE_SIGNS.get(name, (None, None)) for name in GATE_FEATURES] + [(None, None)]
+    theta = minimize(loss, np.zeros(len(GATE_FEATURES) + 1), jac=True, method="L-BFGS-B", bounds=bounds).x
+    p = 1.0 / (1.0 + np.exp(-(x @ theta[:-1] + theta[-1])))
     best, best_acc = 0.0, -1.0
     for cut in np.unique(p):
         refused = float((p[y] < cut).mean()) if y.any() else 0.0
@@ -183,8 +208,8 @@ def fit_gate(x: np.ndarray, y: np.ndarray, max_false_refusals: float) -> dict:
         if refused <= max_false_refusals and (1 - refused + caught) / 2 > best_acc:
             best, best_acc = float(cut), (1 - refused + caught) / 2
     return {
-        "weights": {name: round(float(c), 4) for name, c in zip(GATE_FEATURES, model.coef_[0], strict=True)},
-        "bias": round(float(model.intercept_[0]), 4),
+        "weights": {name: round(float(c), 4) for name, c in zip(GATE_FEATURES, theta[:-1], strict=True)},
+        "bias": round(float(theta[-1]), 4),
         "threshold": round(best, 4),
         "balanced_accuracy_on_tuning": round(best_acc, 4),
     }

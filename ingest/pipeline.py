@@ -300,7 +300,10 @@ class IngestPipeline:
         """Keep a file's arXiv id only if page 1 carries that paper's arXiv stamp; otherwise the file
         is indexed under its own id and the real paper's chunks stay as they are."""
         source = item.source
-        if parsed is not None and parsed.pages and carries_arxiv_stamp(parsed.pages[0].text, source.arxiv_id):
+        # The stamp is front matter in a layout parse: page 1's blocks are read along with its text.
+        page = parsed.pages[0] if parsed is not None and parsed.pages else None
+        first_page = "\n".join([page.text, *(b.text for b in page.blocks)]) if page else ""
+        if carries_arxiv_stamp(first_page, source.arxiv_id):
             source.arxiv_unproven = False
             return
         claimed = source.arxiv_id

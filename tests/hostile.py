@@ -249,6 +249,10 @@ class RecordingModel:
     def __init__(self, model) -> None:
         self.model, self.name, self.calls = model, model.name, []
 
+    @property
+    def parameters(self):
+        return self.model.parameters
+
     def chat(self, messages, **kwargs):
         self.calls.append(messages)
         return self.model.chat(messages, **kwargs)

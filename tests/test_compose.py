@@ -22,6 +22,7 @@ class ScriptedModel(ChatModel):
     """Replies with `draft(sources_text)` to the answer prompt and `verify(question)` to verify prompts."""
 
     name = "scripted"
+    parameters: int | None = None  # unknown, as for a server's model: taken as capable
 
     def __init__(self, draft, verify=lambda question, evidence: "Not stated.") -> None:
         self.draft, self.verify, self.calls = draft, verify, []
@@ -90,6 +91,13 @@ def test_a_capable_models_checked_sentences_lead(small_library):
     answer = engine_with(small_library, ScriptedModel(capable)).ask(HEADS, pipeline="baseline")
     assert answer.mode == "generated", answer.to_json()
     assert answer.answer.startswith("The base Transformer employs h = 8"), answer.answer
+
+    # The same sentence from a model the size of the bundled one: the quote leads, the sentence backs it.
+    small = ScriptedModel(capable)
+    small.parameters = 135_000_000
+    answer = engine_with(small_library, small).ask(HEADS, pipeline="baseline")
+    assert answer.mode in ("quoted", "extractive") and answer.answer.startswith("\u201c"), answer.to_json()
+    assert "h = 8" in answer.answer
 
 
 def test_an_unsupported_generated_sentence_is_dropped_and_reported(small_library):

@@ -146,7 +146,7 @@ def test_a_second_writer_is_told_who_holds_the_library(cove_home, tmp_path):
         assert f"process {holder.pid}" in message and "cove ingest --from a-slow-folder" in message, message
         assert "since" in message and "nothing was changed" in message and "Traceback" not in second.stderr
         with pytest.raises(LibraryBusy, match=f"process {holder.pid}"):  # the app's path (in-process)
-            ChatService(load_settings()).add_papers(expand_local(papers)[0])
+            ingest(expand_local(papers)[0], load_settings())
         assert not load_settings().catalog_path.exists() or not Catalog(load_settings().catalog_path).all()
     finally:
         holder.stdin.close()
@@ -216,7 +216,8 @@ def test_links_out_of_a_folder_and_special_files_are_refused_one_by_one(cove_hom
     records, _ = _catalog_and_store(load_settings())
     assert len(records) == 2  # secret.md was never read
 
-    report = ChatService(load_settings()).add_papers(*collect_sources(paths=[folder]))  # the app's path
+    sources, bad = collect_sources(paths=[folder])
+    report = ingest(sources, load_settings(), bad_inputs=bad)  # the app's path (app/streamlit_app.py run_ingest)
     assert len(report.failed) == 6 and len(report.skipped) == 2
 
 

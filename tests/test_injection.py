@@ -19,6 +19,7 @@ from conftest import CORPUS, FIXTURES
 from hostile import LINES_ABOUT_ATTENTION, RecordingModel, assert_only_template_tokens, control_ids, text_pdf
 
 from cove import checks
+from cove import text as tx
 from cove.answer import AnswerEngine
 from cove.llm import LlamaCppModel, OpenAIChatModel
 from cove.settings import ModelSettings, load_settings
@@ -131,7 +132,7 @@ def assert_inert(answer) -> None:
     (A refusal lists the closest sources by title; a title is the document's own, shown as such.)"""
     claims = answer.answer.split(" Closest sources:")[0] if answer.refused else answer.answer
     for text in [claims] + [c.quote for c in answer.citations]:
-        assert "42" not in checks.numbers(text), (answer.answer, answer.corrections)
+        assert "42" not in tx.numbers(text), (answer.answer, answer.corrections)
         for payload in PAYLOADS:
             assert payload not in text, (payload, answer.answer, answer.corrections)
     for citation in answer.citations:

@@ -114,6 +114,6 @@ def test_explain_names_each_features_contribution_and_weights_are_fitted_data():
     assert explained and set(explained) <= set(FEATURE_NAMES) | {"bias"}
     assert abs(sum(explained.values()) - best.score) < 1e-3
     shipped = json.loads((FEATURE_NAMES and __import__("cove.quotes").quotes.WEIGHTS_FILE).read_text())
-    assert set(shipped["weights"]) <= set(FEATURE_NAMES) | {"bias"} and "threshold" in shipped
+    assert set(shipped["weights"]) <= set(FEATURE_NAMES) | {"bias"} and "threshold" in shipped["gate"]
     with pytest.raises(ValueError, match="unknown quote features"):
         QuoteScorer({"number_bonus": 1.0})
