@@ -96,14 +96,16 @@ def title_without_alias(title: str) -> str:
 
 
 def merge(*groups: Iterable[str]) -> list[str]:
-    """Aliases from several places, first spelling of each kept, at most MAX_ALIASES."""
+    """Aliases from several places, first spelling of each kept, at most MAX_ALIASES. A name that
+    only starts a longer one ("IO" of "IOI", "Nucleus" of "Nucleus Sampling") is left out."""
     seen: dict[str, str] = {}
     for group in groups:
         for alias in group:
             key = tx.fold(alias).removeprefix("the ")
             if alias and key not in seen:
                 seen[key] = alias
-    return list(seen.values())[:MAX_ALIASES]
+    kept = [alias for key, alias in seen.items() if not any(o != key and o.startswith(key) for o in seen)]
+    return kept[:MAX_ALIASES]
 
 
 def alias_keys(alias: str) -> list[str]:

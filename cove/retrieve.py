@@ -157,6 +157,12 @@ class Retriever:
                 self._names, self._aliases = self._document_names()
                 self._names_generation = self._lexical.generation
 
+    @property
+    def lexical(self):
+        """The BM25 index, caught up with the store first."""
+        self.refresh()
+        return self._lexical
+
     def _document_names(self) -> tuple[dict[str, set[str]], dict[str, list[str]]]:
         """({name key: doc ids}, {doc id: aliases}) from the catalog's titles, file names and aliases.
 

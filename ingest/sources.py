@@ -211,8 +211,9 @@ def reading_list_aliases(source: Source, title: str) -> list[str]:
     for entry in _reading_list_entries():
         listed = parse_arxiv_id(entry["url"]) or ""
         same_id = bool(source.arxiv_id and listed) and split_version(listed)[0] == split_version(source.arxiv_id)[0]
-        if same_id or (wanted and fold(title_without_alias(entry["title"])) == wanted):
-            return aliases_from_title(entry["title"]) + list(entry.get("aliases", []))
+        listed_title = entry.get("title", "")
+        if same_id or (wanted and listed_title and fold(title_without_alias(listed_title)) == wanted):
+            return aliases_from_title(listed_title) + ([entry["alias"]] if entry.get("alias") else [])
     return []
 
 
