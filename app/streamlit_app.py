@@ -97,15 +97,18 @@ def render_sources(citations: list[dict[str, Any]], expanded: bool = True, key: 
     switch that shows the cited page with the quote highlighted (`key` tells answers apart)."""
     if not citations:
         return
-    with st.expander(f"Sources ({len(citations)})", expanded=expanded):
-        for c in citations:
+    switches = [f"show-page-{key}-{c.get('n')}" if is_pdf_citation(c) else "" for c in citations]
+    # A page being shown keeps its panel open: the rerun a switch causes draws the answer anew, collapsed.
+    opened = expanded or any(st.session_state.get(switch) for switch in switches if switch)
+    with st.expander(f"Sources ({len(citations)})", expanded=opened):
+        for c, switch in zip(citations, switches, strict=True):
             heading, quote, links, source = source_lines(c)
             st.markdown(heading)
             st.markdown(quote)
             if links:
                 st.markdown(links)
             st.caption(source)
-            if is_pdf_citation(c) and st.toggle("Show on page", key=f"show-page-{key}-{c.get('n')}"):
+            if switch and st.toggle("Show on page", key=switch):
                 show_on_page(c)
 
 
@@ -122,7 +125,8 @@ def show_on_page(citation: dict[str, Any]) -> None:
     if view.note:
         st.caption(view.note)
     marked = ": the quoted passage is highlighted" if view.boxes else ""
-    st.image(view.png, caption=f"Page {view.page}{marked}")
+    # As PNG: Streamlit would re-encode an opaque image as JPEG, blurring the page and its highlight.
+    st.image(view.png, caption=f"Page {view.page}{marked}", output_format="PNG")
 
 
 def render_verification(answer: dict[str, Any]) -> None:
