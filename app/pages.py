@@ -45,7 +45,6 @@ from pathlib import Path
 
 from cove.docs import PagePositions, table_row_of
 from cove.settings import CoveSettings
-from cove.untrusted import SAFE_DOC_ID
 
 MAX_QUOTE_CHARS = 2000  # citations carry quotes of at most 400 characters; anything longer is not one
 MIN_ROW_CHARS = 6  # fewer letters and digits than this in a row's cells could match anywhere on the page
@@ -141,24 +140,14 @@ def highlighted_page(settings: CoveSettings, doc_id: str, page: int, quote: str 
 
 def _served_pdf(settings: CoveSettings, doc_id: str):
     """The catalog record and the PDF copy of a document this home serves (the document route's rules)."""
-    from cove.catalog import Catalog
-    from ingest.copies import document_file
-    from ingest.parse import sniff_kind
+    from app.documents import served_copy
 
-    missing = PageUnavailable("No copy of this document is kept in this library (run `cove ingest` on it here).")
-    if not isinstance(doc_id, str) or not SAFE_DOC_ID.fullmatch(doc_id) or not settings.catalog_path.exists():
-        raise missing
-    catalog = Catalog(settings.catalog_path)
-    try:
-        record = catalog.get(doc_id)
-    finally:
-        catalog.close()
-    path = document_file(record, settings) if record else None
-    if path is None:
-        raise missing
-    with path.open("rb") as f:
-        if sniff_kind(f.read(4096)) != "pdf":
-            raise PageUnavailable("This document is not a PDF: it has no pages to show.")
+    served = served_copy(settings, doc_id)
+    if served is None:
+        raise PageUnavailable("No copy of this document is kept in this library (run `cove ingest` on it here).")
+    record, path, kind = served
+    if kind != "pdf":
+        raise PageUnavailable("This document is not a PDF: it has no pages to show.")
     return record, path
 
 
