@@ -117,9 +117,7 @@ class AccessGuard:
                 return None
             return "This Cove app listens beyond loopback without an access token: start it with `cove chat`."
         if self._presented(scope, headers) != self.token:
-            return (
-                "This Cove app needs its access token: open the URL `cove chat` printed (it ends in ?token=...)."
-            )
+            return "This Cove app needs its access token: open the URL `cove chat` printed (it ends in ?token=...)."
         return None
 
     def _presented(self, scope: Scope, headers: dict[str, str]) -> str:

@@ -10,10 +10,21 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
+from cove.docs import table_row_of
 from cove.untrusted import doc_path, md, plain_text, safe_url
 
-__all__ = ["answer_markdown", "citation_link", "md", "source_lines", "verification_line"]
+__all__ = [
+    "answer_markdown",
+    "citation_link",
+    "cited_page",
+    "is_pdf_citation",
+    "md",
+    "source_lines",
+    "text_fragment",
+    "verification_line",
+]
 
 _MARKER = re.compile(r"\\\[(\d+)\\\]")
 
@@ -34,24 +45,54 @@ def answer_markdown(text: str, citations: list[dict[str, Any]]) -> str:
     return _MARKER.sub(link, escaped)
 
 
+def is_pdf_citation(citation: dict[str, Any]) -> bool:
+    """Does the citation name a page of a PDF (its link says `#page=N`)?"""
+    return "#page=" in str(citation.get("url", ""))
+
+
 def citation_link(citation: dict[str, Any]) -> str | None:
     """Where a citation opens: the served local copy for PDFs, the article (with anchor) otherwise;
-    None when neither is safe (a `javascript:` URL and an odd document id, say)."""
+    None when neither is safe (a `javascript:` URL and an odd document id, say). A link to an article
+    or a served text copy also carries the quote as a text fragment, so the browser scrolls to the
+    passage and marks it (a PDF viewer ignores those: PDFs get "Show on page" instead)."""
     url = str(citation.get("url", ""))
-    if "#page=" not in url:
-        web = safe_url(url)  # an HTML article: its own address and section anchor, re-encoded
-        if web:
-            return web
-    return doc_path(citation.get("doc_id", ""), citation.get("page"))
+    if is_pdf_citation(citation):
+        return doc_path(citation.get("doc_id", ""), citation.get("page"))
+    target = safe_url(url) or doc_path(citation.get("doc_id", ""), citation.get("page"))
+    if target is None:
+        return None
+    directive = text_fragment(str(citation.get("quote", "")))
+    if not directive:
+        return target
+    return target + directive if "#" in target else f"{target}#{directive}"
+
+
+def text_fragment(quote: str, edge_words: int = 4) -> str:
+    """A text-fragment directive (`:~:text=start,end`) that finds the quote in a web page or plain
+    text: its first and last words (all of a short one), percent-encoded so that nothing in it can
+    end a link. "" for an empty quote. A table-row quote is searched by its row."""
+    quote = plain_text(quote, 1000).removesuffix("\u2026").removesuffix("...")
+    words = (table_row_of(quote) or quote).replace("|", " ").split()
+    if not words:
+        return ""
+    if len(words) <= 2 * edge_words:
+        return ":~:text=" + _fragment_part(" ".join(words))
+    start, end = " ".join(words[:edge_words]), " ".join(words[-edge_words:])
+    return f":~:text={_fragment_part(start)},{_fragment_part(end)}"
+
+
+def _fragment_part(text: str) -> str:
+    # "-", "," and "&" mean something in a text directive; quote() leaves "-" and "~" as they are.
+    return quote(text, safe="").replace("-", "%2D").replace("~", "%7E")
 
 
 def source_lines(citation: dict[str, Any]) -> tuple[str, str, str, str]:
     """The sources panel's entry for one citation, as Markdown: heading, quote, links ("" if none are
     safe) and the file name or URL it came from."""
-    page = _page(citation)
+    page = cited_page(citation)
     title = md(plain_text(str(citation.get("title") or citation.get("source") or ""), 300))
     key = f" · @{md(plain_text(str(citation['citekey']), 100))}" if citation.get("citekey") else ""
-    heading = f"**\\[{_page(citation, 'n')}\\] {title}**, page {page}{key}"
+    heading = f"**\\[{cited_page(citation, 'n')}\\] {title}**, page {page}{key}"
     links = []
     target = citation_link(citation)
     if target:
@@ -64,7 +105,8 @@ def source_lines(citation: dict[str, Any]) -> tuple[str, str, str, str]:
     return heading, quote, " · ".join(links), source
 
 
-def _page(citation: dict[str, Any], key: str = "page") -> int:
+def cited_page(citation: dict[str, Any], key: str = "page") -> int:
+    """A citation's page (or other number field) as an int; 0 when it is missing or odd."""
     try:
         return int(citation.get(key, 0))
     except (TypeError, ValueError):
@@ -73,7 +115,7 @@ def _page(citation: dict[str, Any], key: str = "page") -> int:
 
 def _title_attr(citation: dict[str, Any]) -> str:
     title = plain_text(str(citation.get("title") or citation.get("source") or ""), 200)
-    return md(f"{title}, p. {_page(citation)}".replace('"', "'"))
+    return md(f"{title}, p. {cited_page(citation)}".replace('"', "'"))
 
 
 VERDICTS = {

@@ -22,7 +22,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.markdown import answer_markdown, md, source_lines, verification_line
+from app.markdown import answer_markdown, cited_page, is_pdf_citation, md, source_lines, verification_line
 from cove import events as ev
 from cove.catalog import parse_summary
 from cove.chat import ChatService, LibraryStatus, friendly_error
@@ -92,17 +92,41 @@ def open_chat(chat_id: str) -> None:
 
 
 # --- rendering an answer -------------------------------------------------------------------------------
-def render_sources(citations: list[dict[str, Any]], expanded: bool = True) -> None:
+def render_sources(citations: list[dict[str, Any]], expanded: bool = True, key: str = "") -> None:
+    """The sources panel: per citation its heading, quote, links and, for a PDF, a "Show on page"
+    switch that shows the cited page with the quote highlighted (`key` tells answers apart)."""
     if not citations:
         return
-    with st.expander(f"Sources ({len(citations)})", expanded=expanded):
-        for c in citations:
+    switches = [f"show-page-{key}-{c.get('n')}" if is_pdf_citation(c) else "" for c in citations]
+    # A page being shown keeps its panel open: the rerun a switch causes draws the answer anew, collapsed.
+    opened = expanded or any(st.session_state.get(switch) for switch in switches if switch)
+    with st.expander(f"Sources ({len(citations)})", expanded=opened):
+        for c, switch in zip(citations, switches, strict=True):
             heading, quote, links, source = source_lines(c)
             st.markdown(heading)
             st.markdown(quote)
             if links:
                 st.markdown(links)
             st.caption(source)
+            if switch and st.toggle("Show on page", key=switch):
+                show_on_page(c)
+
+
+def show_on_page(citation: dict[str, Any]) -> None:
+    """The cited page as an image, the quote highlighted (`app.pages`; rendered once, then cached)."""
+    from app.pages import PageUnavailable, RenderFailed, highlighted_page
+
+    doc_id, quote = str(citation.get("doc_id", "")), str(citation.get("quote", ""))
+    try:
+        view = highlighted_page(service().settings, doc_id, cited_page(citation), quote)
+    except (PageUnavailable, RenderFailed) as err:
+        st.warning(md(str(err)))
+        return
+    if view.note:
+        st.caption(view.note)
+    marked = ": the quoted passage is highlighted" if view.boxes else ""
+    # As PNG: Streamlit would re-encode an opaque image as JPEG, blurring the page and its highlight.
+    st.image(view.png, caption=f"Page {view.page}{marked}", output_format="PNG")
 
 
 def render_verification(answer: dict[str, Any]) -> None:
@@ -131,15 +155,17 @@ def render_message(message: Message, show_verification: bool) -> None:
         if message.role == "error":
             st.error(md(message.content))
             return
-        render_answer(message.answer, show_verification)
+        render_answer(message.answer, show_verification, key=str(message.id))
 
 
-def render_answer(answer: dict[str, Any], show_verification: bool, expanded_sources: bool = False) -> None:
+def render_answer(
+    answer: dict[str, Any], show_verification: bool, expanded_sources: bool = False, key: str = ""
+) -> None:
     st.markdown(answer_markdown(answer.get("answer", ""), answer.get("citations", [])))
     note = answer_note(answer)
     if note:
         st.caption(note)
-    render_sources(answer.get("citations", []), expanded=expanded_sources)
+    render_sources(answer.get("citations", []), expanded=expanded_sources, key=key)
     if show_verification:
         render_verification(answer)
 
@@ -206,7 +232,7 @@ class LiveAnswer:
         seconds = answer.get("timings", {}).get("total_s", 0)
         waited = ", after waiting for the model" if self.waited else ""
         self.status.update(label=f"{label} ({seconds:.1f} s{waited})", state="complete", expanded=False)
-        render_answer(answer, show_verification=False, expanded_sources=True)
+        render_answer(answer, show_verification=False, expanded_sources=True, key=str(message.id))
         if self.show:
             render_verification(answer)
 

@@ -11,6 +11,7 @@ from stored metadata.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -170,6 +171,31 @@ def locate_quote(text: str, quote: str) -> tuple[int, int] | None:
     if found < 0:
         return None
     return where[found], where[found + len(needle) - 1] + 1
+
+
+# A table row as the answer engine quotes it (`cove.quotes`): "Table 3 (N | dmodel): base | 6 | 512" or
+# "Table 3: base | 6 | 512". The label is `ingest.layout`'s ("Table " + number), or "Table" alone.
+_TABLE_QUOTE = re.compile(r"^Table(?: [A-Z]?\d{1,3}(?:\.\d{1,2})?| [IVX]{1,5})?(?: \(|: )")
+
+
+def table_row_of(quote: str) -> str | None:
+    """The row of a table-row quote (the cells as the page has them, without the label and header the
+    engine puts before them), or None when `quote` is not shaped like one."""
+    match = _TABLE_QUOTE.match(quote)
+    if match is None:
+        return None
+    rest = quote[match.end() :]
+    if match.group(0).endswith(": "):
+        return rest.strip() or None
+    depth = 1  # inside "(header)": header cells may hold parentheses of their own
+    for i, char in enumerate(rest):
+        depth += (char == "(") - (char == ")")
+        if depth == 0:
+            row = rest[i + 1 :]
+            if not row.startswith(": "):
+                return None
+            return row[2:].strip() or None
+    return None
 
 
 def quote_is_unquotable(quote: str, text: str, metadata: dict[str, Any]) -> bool:

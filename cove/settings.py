@@ -325,6 +325,22 @@ class AppSettings(BaseModel):
         description="Access token for the app. When set it is required on every request (?token= once, then a "
         "cookie, or the X-Cove-Token header); `cove chat` generates one when the app listens beyond loopback.",
     )
+    page_render_scale: float = Field(
+        2.0, gt=0, le=6, description="Pixels per PDF point when a cited page is shown with its quote highlighted."
+    )
+    page_render_max_pixels: int = Field(
+        6_000_000, ge=10_000, description="Most pixels in one rendered page: a larger page is rendered smaller."
+    )
+    page_render_timeout_s: float = Field(
+        20.0, gt=0, description="Longest a page may take to render; past it the page is not shown (nothing hangs)."
+    )
+    page_render_memory_mb: int = Field(
+        1024, ge=128, description="Address-space cap of the process that renders a page, in megabytes."
+    )
+    page_renders_at_once: int = Field(2, ge=1, description="Most pages rendered at the same time.")
+    page_cache_mb: int = Field(
+        500, ge=1, description="Largest size of the rendered-page cache under COVE_HOME/cache/pages, in megabytes."
+    )
 
 
 class ApiSettings(BaseModel):

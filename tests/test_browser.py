@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 from conftest import ROOT
@@ -123,6 +124,69 @@ def test_two_sessions_at_once_both_answered(app_url, browser):
     assert any("after waiting for the model" in label for label in labels), labels
     pages[1][0].screenshot(path=str(ARTIFACTS / "chat-second-session.png"), full_page=True)
 
+
+
+def test_show_on_page_highlights_the_quote(app_url, browser, tmp_path):
+    """"Show on page" under a PDF citation shows the cited page with a highlight over the quote's words
+    (the word positions ingest recorded) and nowhere else: the image the browser got is compared, pixel by
+    pixel, with the same page served without a highlight by the page route."""
+    from PIL import Image, ImageChops, ImageDraw
+
+    from app.pages import locate_boxes, merge_line_boxes, pixel_rects
+    from cove.conversations import ConversationStore
+    from cove.settings import load_settings
+    from ingest.layout import load_positions, page_box, positions_path
+
+    page = browser.new_page(viewport={"width": 1300, "height": 1400})
+    page.goto(app_url)
+    ask(page, "How many attention heads does the base Transformer use?")
+    assert wait_for_answer(page).startswith("Answered")
+
+    # The citation behind the first "Show on page" switch: the first PDF citation of the stored answer.
+    settings = load_settings({"home": str(tmp_path / "home")})
+    store = ConversationStore(settings.chats_path)
+    try:
+        (chat,) = store.list()
+        answer = [m for m in store.messages(chat.id) if m.role == "assistant"][-1]
+    finally:
+        store.close()
+    cited = next(c for c in answer.citations if "#page=" in c["url"])
+    doc_id, number, quote = cited["doc_id"], int(cited["page"]), cited["quote"]
+
+    page.get_by_text("Show on page").first.click()
+    shown = page.locator('[data-testid="stImage"] img').first
+    shown.wait_for(timeout=120_000)
+    assert page.get_by_text(f"Page {number}: the quoted passage is highlighted").count() == 1
+    shown.scroll_into_view_if_needed()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-show-on-page.png"))
+
+    marked = Image.open(io.BytesIO(page.request.get(urljoin(app_url, shown.get_attribute("src"))).body()))
+    plain_response = page.request.get(f"{app_url}/cove/page/{doc_id}/{number}")
+    assert plain_response.status == 200 and plain_response.headers["x-cove-highlight"] == "none"
+    plain = Image.open(io.BytesIO(plain_response.body()))
+    marked.save(ARTIFACTS / "chat-show-on-page-image.png")
+    box = page_box(settings, doc_id, number)
+    assert marked.size == plain.size == (round(2 * (box[2] - box[0])), round(2 * (box[3] - box[1])))
+
+    # Where the quote's words are on the page, from the positions ingest recorded (a table-row quote,
+    # which the engine does not quote verbatim, by its row's cells).
+    how, words = locate_boxes(load_positions(positions_path(settings, doc_id))[number], quote)
+    assert how in ("quote", "row") and words, (how, quote)
+    geometry = {"box": box, "size": marked.size, "rotation": 0}
+    marked, plain = marked.convert("RGB"), plain.convert("RGB")
+    for rect in pixel_rects(geometry, words, pad=0):
+        area = (rect[2] - rect[0]) * (rect[3] - rect[1])
+        yellow = [p for p in marked.crop(rect).getdata() if p[0] > 200 and p[1] > 150 and p[2] < 170]
+        assert len(yellow) >= 0.2 * area, (rect, quote)  # the paper around the letters turned yellow
+        blue_before, blue_after = (sum(p[2] for p in im.crop(rect).getdata()) / area for im in (plain, marked))
+        assert blue_after < blue_before - 40, (rect, blue_before, blue_after)
+    # Nothing changed outside the quote's lines (a few pixels of margin for the frame).
+    changed = ImageChops.difference(marked, plain).convert("L").point(lambda v: 255 if v > 8 else 0)
+    outside = ImageDraw.Draw(changed)
+    for rect in pixel_rects(geometry, merge_line_boxes(words), pad=4):
+        outside.rectangle(rect, fill=0)
+    assert changed.getbbox() is None, changed.getbbox()
 
 # --- hostile documents stay inert ------------------------------------------------------------------------
 
