@@ -273,3 +273,21 @@ def best_matching_sentence(claim: str, candidates: Sequence[Evidence], ignore_nu
             if best is None or share > best[2]:
                 best = (sentence, evidence.n, share)
     return best
+
+
+def contradicting_sentence(claim: str, candidates: Sequence[Evidence], min_share: float = 0.5):
+    """The source sentence that states a different number for what the claim counts, and shares
+    most of the claim's terms (its paper's header counts: "the Transformer" is in the title, not
+    in "we employ h = 8 parallel attention layers, or heads"): (sentence, n, share) or None."""
+    terms = tx.key_terms(claim) | {tx.stem(e) for e in tx.entities(claim)}
+    best = None
+    for evidence in candidates:
+        header = tx.key_terms(evidence.header) | tx.stems(evidence.header)
+        for sentence in tx.split_sentences(evidence.data):
+            if not contradicts(claim, sentence):
+                continue
+            share = len(terms & (tx.key_terms(sentence) | tx.stems(sentence) | header)) / (len(terms) or 1)
+            if share >= min_share and (best is None or share > best[2]):
+                best = (sentence, evidence.n, share)
+    return best
+

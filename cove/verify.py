@@ -109,7 +109,7 @@ def parse_model_plan(reply: str, question: str, limit: int) -> list[str]:
 
 def judge_claim(claim: str, evidence: list[Evidence], sentence_vector, min_similarity: float):
     """(status, evidence number, the evidence sentence) for a draft claim against independent evidence."""
-    from cove.checks import best_matching_sentence
+    from cove.checks import best_matching_sentence, contradicting_sentence
 
     sources = {e.n: e for e in evidence}
     check = check_sentence(claim, sources, sentence_vector, min_similarity)
@@ -120,6 +120,9 @@ def judge_claim(claim: str, evidence: list[Evidence], sentence_vector, min_simil
         return CONFIRMED, n, sentence[0] if sentence else ""
     if best is not None and best[2] >= 0.5 and contradicts(claim, best[0]):
         return CONTRADICTED, best[1], best[0]
+    other = contradicting_sentence(claim, evidence)  # the sentence about the same count need not be the closest
+    if other is not None:
+        return CONTRADICTED, other[1], other[0]
     return UNCONFIRMED, None, ""
 
 
