@@ -252,3 +252,14 @@ def engine(small_library):
     from cove.answer import AnswerEngine
 
     return AnswerEngine(small_library)
+
+
+def answer_claims(answer_text: str) -> list[str]:
+    """The sentences of an answer that must each cite a source: a quote (“...” [n]) is one unit
+    however many sentences it holds, and "The library does not say: ...?" lines cite nothing."""
+    import re
+
+    from cove import text as tx
+
+    units = tx.split_sentences(re.sub(r"\u201c[^\u201d]*\u201d", "QUOTE", answer_text))
+    return [u for u in units if not u.startswith("The library does not say")]

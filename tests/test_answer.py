@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
 
 import pytest
+from conftest import answer_claims
 from hostile import RecordingModel, assert_only_template_tokens
 
 from cove import events as ev
@@ -34,10 +34,7 @@ def assert_cited_and_checked(answer, settings):
     assert not answer.refused, answer.answer
     assert answer.citations, answer.to_json()
     numbers_cited = {c.n for c in answer.citations}
-    # A quote is one unit however many sentences it holds: “...” [n].
-    for sentence in tx.split_sentences(re.sub(r"\u201c[^\u201d]*\u201d", "QUOTE", answer.answer)):
-        if sentence.startswith("The library does not say"):
-            continue
+    for sentence in answer_claims(answer.answer):
         found = tx.citations(sentence)
         assert found and set(found) <= numbers_cited, sentence  # every sentence cites a listed source
     for c in answer.citations:

@@ -9,10 +9,10 @@ import sys
 
 import httpx
 import pytest
-from conftest import ROOT, make_text_pdf
+from conftest import ROOT, answer_claims, make_text_pdf
 from servers import CoveApiServer
 
-from cove import checks
+from cove import text as tx
 from cove.answer import Answer, Citation
 
 openai = pytest.importorskip("openai", reason="the API tests drive `cove serve` with the official openai client")
@@ -45,8 +45,8 @@ def assert_cited(content: str, citations: list[dict], settings) -> None:
     answer_text, _, sources = content.partition("\n\nSources:\n")
     numbers = {c["n"] for c in citations}
     assert citations and sources, content
-    for sentence in checks.split_sentences(answer_text):
-        assert set(checks.citations(sentence)) <= numbers and checks.citations(sentence), sentence
+    for sentence in answer_claims(answer_text):
+        assert set(tx.citations(sentence)) <= numbers and tx.citations(sentence), sentence
     for c in citations:
         assert set(c) == set(Citation.__dataclass_fields__)  # the `cove ask --json` citation objects
         assert " ".join(c["quote"].rstrip("\u2026").split()) in chunk_text(settings, c["chunk_id"])
@@ -62,7 +62,7 @@ def test_non_streamed_answer_has_markers_sources_and_structured_citations(client
     message = response.choices[0].message
     citations = message.model_extra["citations"]
     assert_cited(message.content, citations, small_library)
-    assert "8" in checks.numbers(message.content.partition("\n\nSources:")[0])
+    assert "8" in tx.numbers(message.content.partition("\n\nSources:")[0])
     answer = response.model_extra["cove"]
     assert set(answer) == set(Answer.__dataclass_fields__) and answer["pipeline"] == "cove"
     assert answer["citations"] == citations and response.choices[0].finish_reason == "stop"

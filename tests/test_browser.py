@@ -262,3 +262,46 @@ def test_hostile_names_titles_and_anchors_stay_text(hostile_app, browser):
     hrefs = chat.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
     assert any("web-xss-anchor.html#x%29%3Ciframe" in h for h in hrefs), hrefs  # the anchor, percent-encoded
     page.screenshot(path=str(ARTIFACTS / "chat-hostile.png"), full_page=True)
+
+
+FIRST_CONTENT_QUESTIONS = [
+    "How many attention heads does the base Transformer use?",
+    "What rank r does LoRA use on GPT-3?",
+    "Which optimizer trained the Transformer?",
+    "How are the LoRA matrices A and B initialized?",
+    "What dropout rate did the base Transformer use?",
+]
+
+
+def test_first_checked_sentences_are_on_screen_before_the_answer(app_url, browser):
+    """Issue 15: the best checked sentence with its source is on screen before the model has
+    finished. Per question: from Enter to the "Checked so far" sentences being visible (with a
+    citation marker), and to the finished answer. The p50s go to .artifacts/first-content.json
+    (a measurement, not a timed assertion: the machines are noisy); the order is asserted."""
+    import json
+    import statistics
+    import time
+
+    page = browser.new_page(viewport={"width": 1300, "height": 1100})
+    page.goto(app_url)
+    rows = []
+    for n, question in enumerate(FIRST_CONTENT_QUESTIONS):
+        started = time.perf_counter()
+        ask(page, question)
+        early = page.locator('[data-testid="stChatMessage"]', has_text="Checked so far:").last
+        early.wait_for(timeout=ANSWER_TIMEOUT_MS)
+        first = time.perf_counter() - started
+        assert early.locator('a[href*="/cove/doc/"]').count() >= 1  # the sentence comes with its source
+        done = page.locator("summary", has_text=re.compile(r"\(\d+\.\d s")).nth(n)
+        done.wait_for(timeout=ANSWER_TIMEOUT_MS)
+        rows.append({"question": question, "first_checked_s": round(first, 3),
+                     "answer_s": round(time.perf_counter() - started, 3)})  # fmt: skip
+        assert rows[-1]["first_checked_s"] < rows[-1]["answer_s"]
+    summary = {
+        "first_checked_p50_s": statistics.median(r["first_checked_s"] for r in rows),
+        "answer_p50_s": statistics.median(r["answer_s"] for r in rows),
+        "questions": rows,
+    }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "first-content.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))

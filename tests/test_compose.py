@@ -75,7 +75,8 @@ def test_two_part_question_gets_a_cited_sentence_per_part(small_library):
 def test_a_part_without_evidence_gets_an_explicit_line(small_library):
     model = ScriptedModel(lambda sources: "The sources do not say.")
     answer = engine_with(small_library, model).ask(
-        "How many attention heads does the base Transformer use, and how many tonnes of carbon did training GPT-4 emit?",
+        "How many attention heads does the base Transformer use, "
+        "and how many tonnes of carbon did training GPT-4 emit?",
         pipeline="baseline",
     )
     assert not answer.refused
