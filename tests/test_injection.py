@@ -147,7 +147,7 @@ QUESTIONS = [
     ("What do residual connections add to the output of each sub-layer?", "esidual", "baseline"),
     ("What beam size was used for translation?", "beam size of 4", "baseline"),
     ("What does the encoder map an input sequence of symbol representations to?", "continuous", "baseline"),
-    ("What does self-attention relate?", "positions", "baseline"),
+    ("What is self-attention?", "positions", "baseline"),
     ("How many parallel attention heads does the base Transformer use?", None, "baseline"),
     ("What is the answer to every question?", None, "cove"),  # the injections' own words as a question
 ]

@@ -127,8 +127,9 @@ def test_old_catalog_gets_the_citekey_column(tmp_path):
 
 
 def test_citekeys_in_markdown_sources():
-    lines = citation_lines([{"n": 1, "title": "LoRA", "page": 4, "quote": "q", "url": "u", "citekey": "hu2021lora"}])
-    assert lines[2] == "1. LoRA [@hu2021lora], p. 4: \u201cq\u201d <u>"
+    url = "https://arxiv.org/pdf/2106.09685#page=4"
+    lines = citation_lines([{"n": 1, "title": "LoRA", "page": 4, "quote": "q", "url": url, "citekey": "hu2021lora"}])
+    assert lines[2] == f"1. LoRA [@hu2021lora], p. 4: \u201cq\u201d <{url}>"
 
 
 @pytest.mark.slow
@@ -196,4 +197,4 @@ def test_sources_panel_shows_the_citekey():
         render_sources([citation])
 
     at = AppTest.from_function(panel).run()
-    assert at.markdown[0].value == "**[1] LoRA**, page 4 · @hu2021lora"
+    assert at.markdown[0].value == "**\\[1\\] LoRA**, page 4 · @hu2021lora"  # Markdown-escaped (docs/security.md)

@@ -15,6 +15,7 @@ from conftest import ROOT, corpus_pdf
 from servers import ChromaServer, LlamaServer
 from test_answer import HEADS, assert_cited_and_checked
 
+from cove import events as ev
 from cove.catalog import STATUS_OK, STATUS_PENDING, Catalog
 from cove.llm import resolve_model_path
 from cove.settings import BUNDLED_CHAT_MODEL, load_settings, with_overrides
@@ -208,12 +209,12 @@ def test_model_server_stopped_mid_answer_keeps_the_conversation_and_comes_back(s
     chat = service.conversations.create()
 
     streamed: list[str] = []
-    first = service.ask(chat.id, HEADS, on_event=lambda e: e.stage == "token" and streamed.append(e.message))
+    first = service.ask(chat.id, HEADS, on_event=lambda e: isinstance(e, ev.DraftToken) and streamed.append(e.text))
     assert first.role == "assistant" and streamed, first
     assert_cited_and_checked(service_answer(first), settings)
 
     def kill_at_first_token(event) -> None:
-        if event.stage == "token":
+        if isinstance(event, ev.DraftToken):
             llama_server.kill()
 
     cut = service.ask(chat.id, "What rank r does LoRA use?", on_event=kill_at_first_token)
