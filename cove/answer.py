@@ -185,6 +185,9 @@ class _Meter:
         self.timings = {f"{s.value}_s": 0.0 for s in Stage if s is not Stage.DONE}
         self.tokens = {"prefill": 0, "decode": 0, "prompt": 0}
         self.steps: dict[str, dict[str, int]] = {}
+        # Model time split at each call's first token: the tokens/s Cove really gets (model_bench).
+        self.model_seconds = {"prefill": 0.0, "decode": 0.0}
+        self.first_token_decodes = 0  # calls whose first token came out of the prefill (not decode time)
 
     def add(self, step: str, completion: Completion) -> None:
         row = self.steps.setdefault(step, {"prefill": 0, "decode": 0, "prompt": 0})
@@ -192,6 +195,20 @@ class _Meter:
                            ("prompt", completion.prompt_tokens)):  # fmt: skip
             self.tokens[key] += value
             row[key] += value
+        self.model_seconds["prefill"] += completion.prefill_seconds
+        self.model_seconds["decode"] += completion.decode_seconds
+        self.first_token_decodes += 1 if completion.decode_tokens else 0
+
+    def speeds(self) -> dict[str, float]:
+        """Prefill and decode tokens per second over this answer's model calls (0 where none ran)."""
+        prefill, decode = self.model_seconds["prefill"], self.model_seconds["decode"]
+        decoded = self.tokens["decode"] - self.first_token_decodes
+        return {
+            "prefill_tokens_per_s": round(self.tokens["prefill"] / prefill, 1) if prefill > 0 else 0.0,
+            "decode_tokens_per_s": round(decoded / decode, 1) if decode > 0 else 0.0,
+            "prefill_s": round(prefill, 3),
+            "decode_s": round(decode, 3),
+        }
 
     def timed(self, stage: Stage, started: float) -> None:
         self.timings[f"{stage.value}_s"] += time.perf_counter() - started
@@ -252,7 +269,7 @@ class AnswerEngine:
     @property
     def model(self) -> ChatModel:
         if self._model is None:
-            self._model = load_chat_model(self.settings.model)
+            self._model = load_chat_model(self.settings.model, self.settings.model_checks_dir)
         return self._model
 
     def _lead_settings(self) -> ComposeSettings:
@@ -310,7 +327,7 @@ class AnswerEngine:
         self._fill(answer, composition, final, retrieval)
         meter.timings["total_s"] = time.perf_counter() - started
         answer.timings = {k: round(v, 3) for k, v in meter.timings.items()}
-        answer.tokens = {**meter.tokens, "steps": meter.steps}
+        answer.tokens = {**meter.tokens, "steps": meter.steps, "speed": meter.speeds()}
         emit(Finished(Stage.DONE, answer.answer, answer))
         return answer
 

@@ -52,6 +52,9 @@ class Completion:
     prompt_tokens: int  # prompt length, cached or not
     seconds: float
     finish_reason: str = ""
+    # Where the time went: until the first token (state restore, prefill, first sample), and after it.
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
 
     @property
     def cached_tokens(self) -> int:
@@ -143,32 +146,84 @@ def check_hub_revision(name: str, revision: str, error: type[Exception]) -> None
         log.warning("%s@%s: a branch or tag can move; a 40-hex commit hash pins the files for good", name, revision)
 
 
-class LlamaCppModel(ChatModel):
-    """A GGUF model run in-process by llama-cpp-python, with its chat template and a KV state cache."""
+class ModelCrashed(ModelError):
+    """The model's self-check process crashed or hung: this build cannot run this model on this CPU."""
 
-    def __init__(self, settings: ModelSettings) -> None:
+
+def llama_kwargs(settings: ModelSettings) -> dict:
+    """How llama.cpp runs a model: the same for the self-check's child, the engine and the benchmark."""
+    threads = settings.threads or usable_cores()
+    return {
+        "n_ctx": settings.n_ctx,
+        "n_threads": threads,
+        "n_threads_batch": threads,
+        "n_batch": settings.n_batch,
+        "n_ubatch": settings.n_batch,
+        "flash_attn": settings.flash_attn,
+        "seed": settings.seed,
+    }
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), not the machine's total."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+_CHECKERS: dict[str, object] = {}
+_CHECKERS_LOCK = threading.Lock()
+
+
+def _checker(check_dir: Path | None, timeout_s: float):
+    """One checker per record folder and timeout, so a process checks each model once at a time."""
+    from cove.model_check import ModelChecker
+
+    key = f"{check_dir}|{timeout_s}"
+    with _CHECKERS_LOCK:
+        if key not in _CHECKERS:
+            _CHECKERS[key] = ModelChecker(check_dir, timeout_s)
+        return _CHECKERS[key]
+
+
+class LlamaCppModel(ChatModel):
+    """A GGUF model run in-process by llama-cpp-python, with its chat template and a KV state cache.
+
+    Before the first load, a self-check child proves this model and build can generate on this CPU
+    (`cove.model_check`): a build that faults gives a `ModelCrashed` error, not a dead process."""
+
+    def __init__(self, settings: ModelSettings, check_dir: Path | None = None) -> None:
         self.settings = settings
+        self.check_dir = check_dir
         self.path = resolve_model_path(settings.model)
         self.name = Path(self.path).name
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._llm = None
         self._formatter = None
         self._control_tokens: frozenset[str] = frozenset()
 
+    def check(self) -> None:
+        """Run (or recall) the self-check; raises `ModelCrashed` where the model cannot generate here."""
+        from cove.model_check import CheckFailed
+
+        if not self.settings.self_check:
+            return
+        try:
+            _checker(self.check_dir, self.settings.check_timeout_s).ensure(self.path, llama_kwargs(self.settings))
+        except CheckFailed as err:
+            raise ModelCrashed(str(err)) from None
+
     def _load(self):
         if not os.path.isfile(self.path):
             raise ModelError(f"model file not found: {self.path}")
+        self.check()
         try:
             from llama_cpp import Llama, LlamaRAMCache
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            llm = Llama(
-                self.path,
-                n_ctx=self.settings.n_ctx,
-                n_threads=self.settings.threads or None,
-                seed=self.settings.seed,
-                verbose=False,
-            )
+            llm = Llama(self.path, **llama_kwargs(self.settings), verbose=False)
         except Exception as err:
             raise ModelError(f"cannot load model {self.path}: {err}") from err
         template = llm.metadata.get("tokenizer.chat_template")
@@ -189,7 +244,9 @@ class LlamaCppModel(ChatModel):
     @property
     def llm(self):
         if self._llm is None:
-            self._llm = self._load()
+            with self._load_lock:  # two first callers must not load (and check) the model twice
+                if self._llm is None:
+                    self._llm = self._load()
         return self._llm
 
     def forget(self) -> None:
@@ -262,22 +319,28 @@ class LlamaCppModel(ChatModel):
             stop=(stop or []) + ["<|im_end|>"],
             stream=True,
         )
+        first = 0.0
         for chunk in stream:
             choice = chunk["choices"][0]
             piece = choice.get("text", "")
             decode += 1
+            if decode == 1:
+                first = time.perf_counter()
             if piece:
                 parts.append(piece)
                 if on_token:
                     on_token(piece)
             finish = choice.get("finish_reason") or finish
+        ended = time.perf_counter()
         return Completion(
             text="".join(parts),
             prefill_tokens=len(tokens) - cached,
             decode_tokens=decode,
             prompt_tokens=len(tokens),
-            seconds=time.perf_counter() - started,
+            seconds=ended - started,
             finish_reason=finish,
+            prefill_seconds=(first or ended) - started,
+            decode_seconds=ended - first if first else 0.0,
         )
 
 
@@ -380,12 +443,13 @@ _MODELS: OrderedDict[str, ChatModel] = OrderedDict()  # least recently used firs
 _MODELS_LOCK = threading.Lock()
 
 
-def load_chat_model(settings: ModelSettings) -> ChatModel:
+def load_chat_model(settings: ModelSettings, check_dir: Path | None = None) -> ChatModel:
     """The configured model, shared per process (one llama.cpp context per model file).
 
-    At most `settings.max_loaded` models stay loaded: each may hold hundreds of MB, so the least
-    recently used one is dropped (callers still holding it finish their answer with it)."""
-    key = settings.model_dump_json()  # every field: settings that differ in any knob get their own model
+    `check_dir` is where the model self-check remembers its results (`Settings.model_checks_dir`);
+    without it the check runs once per process. At most `settings.max_loaded` models stay loaded: each may hold hundreds
+    of MB, so the least recently used one is dropped (callers still holding it finish their answer)."""
+    key = f"{settings.model_dump_json()}|{check_dir}"  # any knob that differs: a model of its own
     with _MODELS_LOCK:
         if key in _MODELS:
             _MODELS.move_to_end(key)
@@ -395,7 +459,7 @@ def load_chat_model(settings: ModelSettings) -> ChatModel:
                 raise ModelError("model.backend is 'openai' but model.openai_url is not set")
             model: ChatModel = OpenAIChatModel(settings)
         else:
-            model = LlamaCppModel(settings)
+            model = LlamaCppModel(settings, check_dir)
         _MODELS[key] = model
         while len(_MODELS) > settings.max_loaded:
             _MODELS.popitem(last=False)

@@ -173,7 +173,30 @@ class ModelSettings(BaseModel):
     openai_api_key: str = Field("", description="Bearer token for the server, if it wants one.")
     timeout_s: float = Field(120.0, gt=0, description="Longest wait for one server response, in seconds.")
     n_ctx: int = Field(4096, ge=512, description="Context window of the embedded model, in tokens.")
-    threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 lets it choose.")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads llama.cpp decodes and prefills with; 0 uses every core this process may run "
+        "on (llama-cpp-python's own default is half of them, which halves decode speed on 2 cores).",
+    )
+    n_batch: int = Field(
+        512,
+        ge=8,
+        description="Prompt tokens llama.cpp evaluates per batch (and per micro-batch): larger batches run the "
+        "matrix kernels at full speed; benchmarks/model_bench.py measures the choice.",
+    )
+    flash_attn: bool = Field(
+        False, description="llama.cpp's flash attention on the CPU (benchmarks/model_bench.py measures it)."
+    )
+    self_check: bool = Field(
+        True,
+        description="Before a model file and llama.cpp build are first used, load them in a child process and "
+        "generate a few tokens, so a build that crashes on this CPU gives an error instead of killing Cove; "
+        "the result is remembered per model and build under COVE_HOME/model-checks.",
+    )
+    check_timeout_s: float = Field(
+        180.0, gt=0, description="Longest the self-check's child may take to load the model and generate."
+    )
     temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy and repeatable.")
     repeat_penalty: float = Field(1.1, ge=1, description="Penalty on repeating recent tokens (small models loop).")
     seed: int = Field(0, description="Sampling seed (repeatable answers when temperature > 0).")
@@ -409,6 +432,11 @@ class CoveSettings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.home_dir / "uploads"
+
+    @property
+    def model_checks_dir(self) -> Path:
+        """Remembered model self-checks, one per model file, llama.cpp build and run settings."""
+        return self.home_dir / "model-checks"
 
     @property
     def files_dir(self) -> Path:

@@ -1,0 +1,261 @@
+"""What this x86-64 machine can run, and the llama.cpp build flags that follow from it.
+
+A CPU's feature flags are not enough: AVX, AVX-512 and AMX keep extra register state that the OS
+must save and restore, and code using a state the OS has not enabled faults. An Intel Xeon can list
+``amx_tile`` in /proc/cpuinfo while its kernel (or hypervisor) grants no AMX state: a native llama.cpp
+build then dies with a general protection fault at the first token (``ldtilecfg``). So a feature
+counts only when the CPU has it *and* the OS grants its state:
+
+- CPU flags: /proc/cpuinfo;
+- OS state: the XSAVE features the kernel lets user space use (``arch_prctl(ARCH_GET_XCOMP_SUPP)``,
+  else XCR0 read with ``xgetbv``), and for AMX a granted permission (``ARCH_REQ_XCOMP_PERM``), which
+  the kernel refuses where it does not manage tile data.
+
+`scripts/install.sh` runs this file with the system Python (standard library only, before Cove is
+installed) to choose ``CMAKE_ARGS`` and the wheel cache key; the model self-check (`cove.model_check`)
+uses it to say which features a crashed build met.
+
+    python cove/cpu.py cmake-args     # -DGGML_NATIVE=OFF -DGGML_AVX=ON ...
+    python cove/cpu.py key 0.3.36     # the wheel cache key for this flag set
+    python cove/cpu.py report         # JSON: CPU, flags, OS state, chosen build
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import mmap
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+
+# XSAVE state components (bits of XCR0) that each instruction family needs the OS to manage.
+XSTATE_AVX = 1 << 2  # upper halves of the YMM registers
+XSTATE_AVX512 = (1 << 5) | (1 << 6) | (1 << 7)  # opmask, ZMM_Hi256, Hi16_ZMM
+XSTATE_AMX = (1 << 17) | (1 << 18)  # XTILECFG, XTILEDATA
+XFEATURE_XTILEDATA = 18
+
+SYS_ARCH_PRCTL = 158  # x86-64 syscall number
+ARCH_GET_XCOMP_SUPP = 0x1021
+ARCH_REQ_XCOMP_PERM = 0x1023
+
+# The five AVX-512 subsets llama.cpp's GGML_AVX512 compiles for (-mavx512f/cd/vl/dq/bw).
+AVX512_BASE = ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")
+AMX_FLAGS = ("amx_tile", "amx_int8", "amx_bf16")
+
+# The llama.cpp options a build decides, with the CPU flags each needs and the OS state it uses.
+GGML_OPTIONS: tuple[tuple[str, tuple[str, ...], int], ...] = (
+    ("GGML_SSE42", ("sse4_2",), 0),  # SSE state: always on in x86-64 (the ABI needs it)
+    ("GGML_AVX", ("avx",), XSTATE_AVX),
+    ("GGML_AVX2", ("avx2",), XSTATE_AVX),
+    ("GGML_FMA", ("fma",), XSTATE_AVX),
+    ("GGML_F16C", ("f16c",), XSTATE_AVX),
+    ("GGML_BMI2", ("bmi2",), 0),
+    ("GGML_AVX_VNNI", ("avx_vnni",), XSTATE_AVX),
+    ("GGML_AVX512", AVX512_BASE, XSTATE_AVX512),
+    ("GGML_AVX512_VBMI", (*AVX512_BASE, "avx512vbmi"), XSTATE_AVX512),
+    ("GGML_AVX512_VNNI", (*AVX512_BASE, "avx512_vnni"), XSTATE_AVX512),
+    ("GGML_AVX512_BF16", (*AVX512_BASE, "avx512_bf16"), XSTATE_AVX512),
+    ("GGML_AMX_TILE", (*AVX512_BASE, "amx_tile"), XSTATE_AMX),
+    ("GGML_AMX_INT8", (*AVX512_BASE, "amx_tile", "amx_int8"), XSTATE_AMX),
+    ("GGML_AMX_BF16", (*AVX512_BASE, "amx_tile", "amx_bf16"), XSTATE_AMX),
+)
+# "portable": what every x86-64 machine this project meets runs (x86-64-v3 without AVX-512).
+PORTABLE = frozenset({"GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"})
+
+
+@dataclass
+class Machine:
+    """What the CPU offers and what the OS grants of it."""
+
+    model: str
+    flags: frozenset[str]
+    xstate: int | None  # user-space XSAVE features the OS enables; None: could not be read
+    amx_granted: bool
+    xstate_source: str = ""
+
+    def os_grants(self, state: int) -> bool:
+        if state == 0:
+            return True
+        if state == XSTATE_AMX:
+            return self.amx_granted and self.xstate is not None and self.xstate & state == state
+        return self.xstate is not None and self.xstate & state == state
+
+
+@dataclass
+class Build:
+    """The llama.cpp CPU options chosen for a machine, and why each wanted one was left off."""
+
+    options: dict[str, bool]
+    refused: dict[str, str] = field(default_factory=dict)  # option -> reason (CPU has it, OS does not)
+    profile: str = "auto"
+
+    def cmake_args(self) -> str:
+        # GGML_NATIVE=OFF: -march=native would compile whatever the compiler sees (AMX included),
+        # whatever the OS grants. GGML_BACKEND_DL stays off: one library, built for this machine.
+        parts = ["-DGGML_NATIVE=OFF"]
+        parts += [f"-D{name}={'ON' if on else 'OFF'}" for name, on in self.options.items()]
+        return " ".join(parts)
+
+    def enabled(self) -> list[str]:
+        return [name for name, on in self.options.items() if on]
+
+
+def read_machine(cpuinfo: str = "/proc/cpuinfo") -> Machine:
+    """The running machine: CPU flags from /proc/cpuinfo, OS-enabled state from the kernel."""
+    flags: frozenset[str] = frozenset()
+    model = platform.processor() or platform.machine()
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags" and not flags:
+                    flags = frozenset(value.split())
+                elif key.strip() == "model name" and value.strip():
+                    model = value.strip()
+    except OSError:
+        pass
+    xstate, source = read_xstate(flags)
+    return Machine(model=model, flags=flags, xstate=xstate, amx_granted=amx_permission(), xstate_source=source)
+
+
+def _arch_prctl(code: int, argument) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(SYS_ARCH_PRCTL, ctypes.c_int(code), argument)
+
+
+def read_xstate(flags: frozenset[str]) -> tuple[int | None, str]:
+    """The XSAVE features the OS enables for user space, and where that was read."""
+    if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
+        return None, "not x86-64 Linux"
+    supported = ctypes.c_uint64(0)
+    try:
+        if _arch_prctl(ARCH_GET_XCOMP_SUPP, ctypes.byref(supported)) == 0:
+            return supported.value, "arch_prctl(ARCH_GET_XCOMP_SUPP)"
+    except (OSError, AttributeError):
+        pass
+    # Kernels before 5.16 have no ARCH_GET_XCOMP_SUPP (and no AMX support at all): read XCR0. xgetbv
+    # is legal only where the OS turned XSAVE on, which the kernel shows as the "xsave" flag.
+    if "xsave" not in flags:
+        return None, "no xsave"
+    try:
+        return _xgetbv0(), "xgetbv"
+    except (OSError, ValueError) as err:
+        return None, f"xgetbv unavailable: {err}"
+
+
+# xor ecx, ecx; xgetbv; shl rdx, 32; or rax, rdx; ret  ->  uint64_t xgetbv0(void)
+_XGETBV0 = bytes.fromhex("31c90f01d048c1e2204809d0c3")
+
+
+def _xgetbv0() -> int:
+    """XCR0, read by running the xgetbv instruction from an executable page (no compiler needed)."""
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    try:
+        page.write(_XGETBV0)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+        value = ctypes.CFUNCTYPE(ctypes.c_uint64)(address)()
+        del address
+        return int(value)
+    finally:
+        try:
+            page.close()
+        except BufferError:  # a ctypes view still points into it; the page is freed with the process
+            pass
+
+
+def amx_permission() -> bool:
+    """Whether the kernel grants this process AMX tile data (what llama.cpp's AMX path asks for)."""
+    if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return _arch_prctl(ARCH_REQ_XCOMP_PERM, ctypes.c_ulong(XFEATURE_XTILEDATA)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def choose_build(machine: Machine, profile: str = "auto") -> Build:
+    """The options to build llama.cpp with: each where the CPU has its flags and the OS grants its
+    state ("auto"), or the portable AVX2 set capped by the same test ("portable")."""
+    if profile not in ("auto", "portable"):
+        raise ValueError(f"unknown build profile {profile!r}: use 'auto' or 'portable'")
+    options: dict[str, bool] = {}
+    refused: dict[str, str] = {}
+    for name, needs, state in GGML_OPTIONS:
+        has_cpu = all(flag in machine.flags for flag in needs)
+        wanted = has_cpu and (profile == "auto" or name in PORTABLE)
+        granted = machine.os_grants(state)
+        options[name] = wanted and granted
+        if wanted and not granted:
+            refused[name] = "the CPU lists it but the OS does not enable its register state"
+    return Build(options=options, refused=refused, profile=profile)
+
+
+def build_key(cmake_args: str, package_version: str) -> str:
+    """A short name for one build: the package version and the exact CMake arguments (plus the
+    compiler's and Python's identity), so a changed flag set never reuses an old wheel."""
+    identity = "\n".join([package_version, " ".join(sorted(cmake_args.split())), _compiler(), sys.version])
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def _compiler() -> str:
+    import shutil
+    import subprocess
+
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or ""
+    if not cc:
+        return "no compiler"
+    try:
+        return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
+    except (OSError, subprocess.SubprocessError):
+        return cc
+
+
+def report(machine: Machine | None = None, profile: str = "auto") -> dict:
+    machine = machine or read_machine()
+    build = choose_build(machine, profile)
+    return {
+        "cpu": machine.model,
+        "cpu_flags": sorted(f for f in machine.flags if f.startswith(("avx", "amx", "fma", "f16c", "bmi", "sse4"))),
+        "os_xstate": None if machine.xstate is None else hex(machine.xstate),
+        "os_xstate_source": machine.xstate_source,
+        "amx_granted": machine.amx_granted,
+        "build": asdict(build) | {"cmake_args": build.cmake_args()},
+    }
+
+
+def describe(machine: Machine | None = None) -> str:
+    """One line for error messages: the CPU, its vector features, and what the OS grants."""
+    machine = machine or read_machine()
+    vector = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in machine.flags]
+    granted = []
+    if machine.os_grants(XSTATE_AVX):
+        granted.append("AVX")
+    if machine.os_grants(XSTATE_AVX512):
+        granted.append("AVX-512")
+    if machine.os_grants(XSTATE_AMX):
+        granted.append("AMX")
+    flags = ", ".join(vector) or "none of avx2/avx512/amx"
+    return f"{machine.model}; CPU flags {flags}; OS grants {', '.join(granted) or 'none'}"
+
+
+def main(argv: list[str]) -> int:
+    profile = os.environ.get("COVE_LLAMA_CPU", "auto")
+    command = argv[1] if len(argv) > 1 else "report"
+    if command == "cmake-args":
+        print(choose_build(read_machine(), profile).cmake_args())
+    elif command == "key":
+        cmake_args = os.environ.get("CMAKE_ARGS") or choose_build(read_machine(), profile).cmake_args()
+        print(build_key(cmake_args, argv[2] if len(argv) > 2 else ""))
+    elif command == "report":
+        print(json.dumps(report(profile=profile), indent=2))
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,218 @@
+"""The model self-check: a child process proves a model file and llama.cpp build work before Cove loads them.
+
+A llama.cpp library built for the wrong CPU does not raise an error: it kills the process with
+SIGSEGV or SIGILL at the first token (AMX code where the OS grants no AMX state, AVX-512 code on an
+AVX2-only CPU). If that happened inside `cove serve` or the chat app, every user's answer would go
+with it. So, the first time a model file is used with a build and its run settings, a child process
+loads it and generates a few tokens. A crash or a hang there becomes a `ModelCrashed` error that
+says what failed (the signal, the CPU's features, the build's flags) and the command that fixes it;
+the process asking stays up.
+
+The result is remembered under ``COVE_HOME/model-checks/<key>.json``; the key hashes the model file
+(path, size, modification time), the build (llama-cpp-python's version and the bytes of its native
+libraries) and the run settings the child used. A healthy machine pays for the check once; a
+rebuilt library is a new key, so it is checked again.
+
+    python -m cove.model_check '<json of llama_kwargs>'    # what the child runs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from cove import cpu
+
+CHECK_PROMPT = (
+    "Question: How many attention heads does the base Transformer use? Answer in one short sentence, "
+    "citing the paper by its title."
+)  # some forty tokens: prefill runs batched kernels (where AMX lives), then a few single-token decodes
+CHECK_TOKENS = 4
+FIX_COMMAND = "scripts/install.sh --rebuild-llama"
+PORTABLE_FIX_COMMAND = "COVE_LLAMA_CPU=portable scripts/install.sh --rebuild-llama"
+
+
+class CheckFailed(RuntimeError):
+    """The child did not generate its tokens; `str()` is the whole explanation for the user."""
+
+
+@dataclass
+class CheckResult:
+    ok: bool
+    key: str
+    model: str
+    seconds: float
+    detail: str = ""  # the error, for a failed check
+    prefill_tokens_per_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    checked_at: float = 0.0
+
+
+@lru_cache(maxsize=1)
+def build_identity() -> dict:
+    """llama-cpp-python's version, a hash of its native libraries, and the CMake flags it was built
+    with (recorded by scripts/install.sh; absent for a build made some other way)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return {"version": "not installed", "libraries": "", "cmake_args": ""}
+    package = Path(next(iter(spec.submodule_search_locations)))
+    digest = hashlib.sha256()
+    for library in sorted(package.glob("lib/*.so*")) + sorted(package.glob("lib/*.dylib")):
+        digest.update(library.name.encode())
+        digest.update(library.read_bytes())
+    version = ""
+    init = package / "__init__.py"
+    if init.exists():
+        for line in init.read_text().splitlines():
+            if line.startswith("__version__"):
+                version = line.split("=", 1)[1].strip().strip("\"'")
+    recorded = Path(sys.prefix) / "cove-llama-cmake-args.txt"
+    cmake_args = recorded.read_text().strip() if recorded.exists() else ""
+    return {"version": version, "libraries": digest.hexdigest()[:16], "cmake_args": cmake_args}
+
+
+def check_key(model_path: str, llama_kwargs: dict) -> str:
+    stat = os.stat(model_path)
+    identity = {
+        "model": [os.path.abspath(model_path), stat.st_size, stat.st_mtime_ns],
+        "build": build_identity(),
+        "run": {k: v for k, v in sorted(llama_kwargs.items()) if k != "model_path"},
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class ModelChecker:
+    """Runs and remembers self-checks; one check at a time per key in this process."""
+
+    def __init__(self, record_dir: Path | None, timeout_s: float) -> None:
+        self.record_dir = record_dir
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._seen: dict[str, CheckResult] = {}  # for a process without a home to remember in
+
+    def ensure(self, model_path: str, llama_kwargs: dict) -> CheckResult:
+        """The check's result for this model and build, from memory or run now; raises `CheckFailed`."""
+        key = check_key(model_path, llama_kwargs)
+        with self._lock:
+            result = self._recall(key) or self._remember(run_check(model_path, llama_kwargs, key, self.timeout_s))
+        if not result.ok:
+            raise CheckFailed(result.detail)
+        return result
+
+    def _path(self, key: str) -> Path | None:
+        return self.record_dir / f"{key}.json" if self.record_dir else None
+
+    def _recall(self, key: str) -> CheckResult | None:
+        if key in self._seen:
+            return self._seen[key]
+        path = self._path(key)
+        if path is None or not path.exists():
+            return None
+        try:
+            return CheckResult(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # a damaged record: check again
+            return None
+
+    def _remember(self, result: CheckResult) -> CheckResult:
+        self._seen[result.key] = result
+        path = self._path(result.key)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(asdict(result), indent=2))
+            temporary.replace(path)
+        return result
+
+
+def run_check(model_path: str, llama_kwargs: dict, key: str, timeout_s: float) -> CheckResult:
+    """Load the model in a child process and generate a few tokens; a crash or a hang is a failed result."""
+    started = time.time()
+    command = [sys.executable, "-m", "cove.model_check", json.dumps({"model_path": model_path, **llama_kwargs})]
+    name = Path(model_path).name
+    try:
+        child = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        detail = explain(name, f"did not generate {CHECK_TOKENS} tokens within {timeout_s:.0f} s (killed)")
+        return CheckResult(False, key, name, time.time() - started, detail, checked_at=time.time())
+    seconds = time.time() - started
+    if child.returncode == 0:
+        try:
+            speeds = json.loads(child.stdout.strip().splitlines()[-1])
+            return CheckResult(True, key, name, seconds, checked_at=time.time(), **speeds)
+        except (ValueError, IndexError, TypeError):
+            pass  # exited 0 without its report: as broken as a crash
+    if child.returncode < 0:
+        signal_name = _signal_name(-child.returncode)
+        what = f"crashed with {signal_name} while loading it or generating its first tokens"
+    else:
+        last = [line for line in child.stderr.strip().splitlines() if line.strip()][-3:]
+        what = f"failed (exit status {child.returncode}): {' '.join(last)[-400:] or 'no message'}"
+    return CheckResult(False, key, name, seconds, explain(name, what), checked_at=time.time())
+
+
+def _signal_name(number: int) -> str:
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+    meaning = {
+        "SIGSEGV": "a memory or protection fault",
+        "SIGILL": "an instruction this CPU does not have",
+        "SIGBUS": "a bus error",
+        "SIGKILL": "killed, out of memory?",
+        "SIGABRT": "llama.cpp aborted",
+    }.get(name)
+    return f"{name} ({meaning})" if meaning else name
+
+
+def explain(model_name: str, what: str) -> str:
+    """The whole message: what failed, on which machine and build, and the command that fixes it."""
+    build = build_identity()
+    flags = build["cmake_args"] or "not recorded: not built by scripts/install.sh (a native build?)"
+    return (
+        f"The local model {model_name} {what}, in Cove's self-check process (Cove itself is unaffected). "
+        f"This machine: {cpu.describe()}. llama-cpp-python {build['version']} built with {flags}. "
+        f"Fix: rebuild llama.cpp for this CPU with `{FIX_COMMAND}` (or, the safest build, "
+        f"`{PORTABLE_FIX_COMMAND}`); Cove checks the new build by itself. Or use a model server "
+        "(--openai-url)."
+    )
+
+
+def _child(arguments: str) -> int:
+    """In the child: load, prefill the check prompt, decode a few tokens, print the speeds as JSON."""
+    from llama_cpp import Llama
+
+    kwargs = json.loads(arguments)
+    llm = Llama(**kwargs, verbose=False)
+    tokens = llm.tokenize(CHECK_PROMPT.encode())
+    started = time.perf_counter()
+    llm.eval(tokens)
+    prefill = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(CHECK_TOKENS):
+        llm.eval([llm.sample(temp=0.0)])
+    decode = time.perf_counter() - started
+    print(
+        json.dumps(
+            {
+                "prefill_tokens_per_s": round(len(tokens) / max(prefill, 1e-9), 1),
+                "decode_tokens_per_s": round(CHECK_TOKENS / max(decode, 1e-9), 1),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))

@@ -1,0 +1,286 @@
+"""The llama.cpp build fits this machine, and a model that crashes gives an error instead of a dead Cove.
+
+- `cove.cpu` chooses build flags from what the CPU *and the OS* offer (the Intel Xeon whose OS grants
+  no AMX, the AVX2-only AMD EPYC), and the installed `libggml-cpu` holds no instruction this machine
+  cannot run (read with objdump).
+- The model self-check (`cove.model_check`): a child process that faults or hangs at the first token
+  (tests/fixtures/llama_fault: a real SIGSEGV inside llama_decode, as a miscompiled library does)
+  becomes a clear `ModelCrashed` error; `cove serve`, `cove mcp` and `cove ask` stay up and say what
+  failed and which command fixes it; the result is remembered per model and build.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import FIXTURES, ROOT
+from servers import CoveApiServer
+
+from cove import cpu
+from cove.llm import LlamaCppModel, ModelCrashed, llama_kwargs, resolve_model_path
+from cove.model_check import FIX_COMMAND, CheckFailed, ModelChecker
+from cove.settings import BUNDLED_CHAT_MODEL, load_settings
+
+FAULT = FIXTURES / "llama_fault"
+HEADS = "How many parallel attention heads does the base Transformer use?"
+
+# /proc/cpuinfo flags of the two machines this project runs on (the vector and matrix ones).
+EPYC_FLAGS = frozenset("sse4_1 sse4_2 avx avx2 fma f16c bmi1 bmi2 xsave".split())
+XEON_FLAGS = EPYC_FLAGS | frozenset(
+    "avx512f avx512cd avx512vl avx512dq avx512bw avx512vbmi avx512_vnni avx512_bf16 avx_vnni "
+    "amx_tile amx_int8 amx_bf16".split()
+)
+AVX_STATE = 0x207  # x87, SSE, AVX, PKRU: what the EPYC's kernel enables
+AVX512_STATE = AVX_STATE | cpu.XSTATE_AVX512  # the Xeon's kernel: AVX-512 yes, AMX tiles no
+AMX_STATE = AVX512_STATE | cpu.XSTATE_AMX
+
+
+def machine(flags, xstate, amx_granted=False) -> cpu.Machine:
+    return cpu.Machine(model="test", flags=frozenset(flags), xstate=xstate, amx_granted=amx_granted)
+
+
+def test_epyc_gets_avx2_and_never_avx512():
+    build = cpu.choose_build(machine(EPYC_FLAGS, AVX_STATE))
+    assert set(build.enabled()) == {"GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"}
+    assert "-DGGML_NATIVE=OFF" in build.cmake_args() and "-DGGML_AVX512=OFF" in build.cmake_args()
+    assert build.refused == {}
+
+
+def test_xeon_whose_os_refuses_amx_gets_avx512_without_amx():
+    build = cpu.choose_build(machine(XEON_FLAGS, AVX512_STATE, amx_granted=False))
+    assert {"GGML_AVX512", "GGML_AVX512_VNNI", "GGML_AVX512_BF16", "GGML_AVX_VNNI"} <= set(build.enabled())
+    assert not any(name.startswith("GGML_AMX") for name in build.enabled())
+    assert set(build.refused) == {"GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16"}
+    assert "-DGGML_AMX_TILE=OFF" in build.cmake_args()
+    # Tile state in XCR0 is not enough: the kernel must also grant the permission.
+    assert "GGML_AMX_TILE" in cpu.choose_build(machine(XEON_FLAGS, AMX_STATE, amx_granted=False)).refused
+    granted = cpu.choose_build(machine(XEON_FLAGS, AMX_STATE, amx_granted=True))
+    assert {"GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16"} <= set(granted.enabled())
+
+
+def test_os_without_avx512_state_and_unknown_state_stay_safe():
+    no_zmm = cpu.choose_build(machine(XEON_FLAGS, AVX_STATE))
+    assert "GGML_AVX2" in no_zmm.enabled() and not any("AVX512" in n or "AMX" in n for n in no_zmm.enabled())
+    unknown = cpu.choose_build(machine(XEON_FLAGS, None))
+    assert unknown.enabled() == ["GGML_SSE42", "GGML_BMI2"]  # nothing that needs OS-saved vector state
+
+
+def test_portable_profile_is_the_avx2_set_on_any_cpu():
+    portable = cpu.choose_build(machine(XEON_FLAGS, AMX_STATE, amx_granted=True), "portable")
+    assert set(portable.enabled()) == set(cpu.PORTABLE)
+    with pytest.raises(ValueError):
+        cpu.choose_build(machine(EPYC_FLAGS, AVX_STATE), "native")
+
+
+def test_build_key_changes_with_the_flags():
+    a = cpu.build_key("-DGGML_NATIVE=OFF -DGGML_AVX2=ON", "0.3.36")
+    assert a == cpu.build_key("-DGGML_AVX2=ON -DGGML_NATIVE=OFF", "0.3.36")  # order does not matter
+    assert a != cpu.build_key("-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON", "0.3.36")
+    assert a != cpu.build_key("-DGGML_NATIVE=OFF -DGGML_AVX2=ON", "0.3.35")
+
+
+def test_this_machine_is_read_from_cpu_and_kernel():
+    here = cpu.read_machine()
+    listed = Path("/proc/cpuinfo").read_text()
+    assert ("avx2" in here.flags) == (" avx2" in listed)
+    assert here.xstate is not None and here.xstate & cpu.XSTATE_AVX  # every machine here has AVX state
+    if "xsave" in here.flags:  # both ways of reading the OS state agree
+        assert cpu._xgetbv0() & 0xFF == here.xstate & 0xFF
+    if "amx_tile" not in here.flags:
+        assert not here.os_grants(cpu.XSTATE_AMX) or not here.amx_granted
+
+
+def installed_cpu_library() -> Path:
+    spec = importlib.util.find_spec("llama_cpp")
+    libraries = sorted(Path(next(iter(spec.submodule_search_locations))).glob("lib/libggml-cpu*.so"))
+    assert libraries, "llama_cpp has no libggml-cpu: built with the CPU backend as scripts/install.sh does?"
+    return libraries[0]
+
+
+def test_installed_build_is_the_one_chosen_for_this_machine():
+    recorded = Path(sys.prefix) / "cove-llama-cmake-args.txt"
+    assert recorded.exists(), "llama-cpp-python was not installed by scripts/install.sh (no flag record in the venv)"
+    if os.environ.get("COVE_LLAMA_CPU", "auto") == "auto" and not os.environ.get("CMAKE_ARGS"):
+        assert recorded.read_text().split() == cpu.choose_build(cpu.read_machine()).cmake_args().split()
+
+
+AMX_MNEMONICS = re.compile(r"\b(ldtilecfg|sttilecfg|tileloadd|tileloaddt1|tilestored|tilezero|tilerelease|tdp\w+)\b")
+ZMM = re.compile(r"%zmm\d|%k[1-7]\b")
+
+
+def disassemble(path: Path) -> str:
+    if shutil.which("objdump") is None:
+        pytest.fail("objdump (binutils) is missing: it comes with gcc, which the llama.cpp build needs anyway")
+    return subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+def test_the_disassembly_check_finds_amx_and_avx512_code(tmp_path):
+    """What the next test looks for is what gcc emits for AMX and AVX-512 (compiled, not run)."""
+    source = tmp_path / "kernels.c"
+    source.write_text(
+        "#include <immintrin.h>\n"
+        "void f(void *cfg, void *p, float *out, float *a) {\n"
+        "  _tile_loadconfig(cfg); _tile_loadd(0, p, 64); _tile_dpbssd(0, 1, 2); _tile_release();\n"
+        "  __m512 x = _mm512_loadu_ps(a); _mm512_storeu_ps(out, _mm512_add_ps(x, x));\n}\n"
+    )
+    subprocess.run(["gcc", "-O2", "-mamx-tile", "-mamx-int8", "-mavx512f", "-c", str(source), "-o",
+                    str(tmp_path / "kernels.o")], check=True)  # fmt: skip
+    code = disassemble(tmp_path / "kernels.o")
+    assert {"ldtilecfg", "tileloadd", "tdpbssd", "tilerelease"} <= set(AMX_MNEMONICS.findall(code))
+    assert ZMM.search(code)
+
+
+@pytest.mark.slow
+def test_installed_libggml_cpu_has_no_instruction_this_machine_cannot_run():
+    here = cpu.read_machine()
+    library = installed_cpu_library()
+    disassembly = disassemble(library)
+    assert len(disassembly) > 100_000  # really disassembled
+    assert re.search(r"%ymm\d", disassembly)  # the AVX2 kernels are there (this check would see them)
+    amx = AMX_MNEMONICS.findall(disassembly)
+    if not (here.os_grants(cpu.XSTATE_AMX) and "amx_tile" in here.flags):
+        assert not amx, f"{library.name} holds AMX instructions {sorted(set(amx))[:5]} the OS does not grant"
+    zmm = ZMM.findall(disassembly)
+    if not (here.os_grants(cpu.XSTATE_AVX512) and "avx512f" in here.flags):
+        assert not zmm, f"{library.name} uses AVX-512 registers {sorted(set(zmm))[:5]} this machine cannot run"
+
+
+# --- the self-check -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def faulty_llama(monkeypatch):
+    """Child processes of this test get a llama.cpp whose first decode faults (`mode`: segv, ill, hang)."""
+
+    def use(mode: str = "segv") -> dict[str, str]:
+        env = {"PYTHONPATH": os.pathsep.join([str(FAULT), str(ROOT)]), "COVE_TEST_LLAMA_FAULT": mode}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return env
+
+    return use
+
+
+def bundled() -> tuple[str, dict]:
+    settings = load_settings().model
+    return resolve_model_path(BUNDLED_CHAT_MODEL), llama_kwargs(settings)
+
+
+@pytest.mark.slow
+def test_crash_at_the_first_token_is_a_clear_error_and_is_remembered(faulty_llama, tmp_path):
+    path, kwargs = bundled()
+    faulty_llama("segv")
+    checker = ModelChecker(tmp_path / "checks", timeout_s=120)
+    with pytest.raises(CheckFailed) as failed:
+        checker.ensure(path, kwargs)
+    message = str(failed.value)
+    assert "SIGSEGV" in message and "SmolLM2-135M-Instruct.Q4_1.gguf" in message
+    assert FIX_COMMAND in message and "COVE_LLAMA_CPU=portable" in message
+    assert cpu.read_machine().model in message and "OS grants" in message  # which machine, what it grants
+    assert "built with -DGGML_NATIVE=OFF" in message  # the build's flags
+    records = list((tmp_path / "checks").glob("*.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["ok"] is False
+    # Remembered: a new checker on the same folder fails at once, without running a child.
+    os.environ.pop("PYTHONPATH")
+    with pytest.raises(CheckFailed, match="SIGSEGV"):
+        ModelChecker(tmp_path / "checks", timeout_s=120).ensure(path, kwargs)
+    # The same model with other run settings is another check (it passes: the fault hook is gone).
+    assert ModelChecker(tmp_path / "checks", timeout_s=120).ensure(path, {**kwargs, "n_batch": 64}).ok
+
+
+@pytest.mark.slow
+def test_illegal_instruction_and_hang_are_reported(faulty_llama, tmp_path):
+    path, kwargs = bundled()
+    faulty_llama("ill")
+    with pytest.raises(CheckFailed, match=r"SIGILL \(an instruction this CPU does not have\)"):
+        ModelChecker(tmp_path / "a", timeout_s=120).ensure(path, kwargs)
+    faulty_llama("hang")
+    with pytest.raises(CheckFailed, match="did not generate 4 tokens within 15 s"):
+        ModelChecker(tmp_path / "b", timeout_s=15).ensure(path, kwargs)
+
+
+@pytest.mark.slow
+def test_healthy_model_is_checked_once(faulty_llama, tmp_path):
+    settings = load_settings({"home": str(tmp_path)}).model
+    model = LlamaCppModel(settings, tmp_path / "checks")
+    model.check()
+    record = json.loads(next((tmp_path / "checks").glob("*.json")).read_text())
+    assert record["ok"] and record["prefill_tokens_per_s"] > 0 and record["decode_tokens_per_s"] > 0
+    faulty_llama("segv")  # a check run now would crash: the remembered result is used instead
+    LlamaCppModel(settings, tmp_path / "checks").check()  # no ModelCrashed: no child ran
+    with pytest.raises(ModelCrashed, match="SIGSEGV"):  # while a new model file would be checked, and fail
+        other = tmp_path / "copy.gguf"
+        shutil.copy(resolve_model_path(BUNDLED_CHAT_MODEL), other)
+        LlamaCppModel(settings.model_copy(update={"model": str(other)}), tmp_path / "checks").check()
+
+
+@pytest.fixture
+def library_copy(small_library, tmp_path):
+    """A copy of the small library: a failed check is remembered in its home, not the shared one."""
+    home = tmp_path / "home"
+    shutil.copytree(small_library.home_dir, home, ignore=shutil.ignore_patterns("model-checks"))
+    return home
+
+
+@pytest.mark.slow
+def test_cove_serve_stays_up_when_the_model_crashes(library_copy, tmp_path, faulty_llama):
+    env = faulty_llama("segv")
+    env["PYTHONPATH"] = str(FAULT)  # CoveApiServer puts the repo first
+    with CoveApiServer(library_copy, env=env, log=tmp_path / "serve.log") as server:
+        for _ in range(2):  # the second answer recalls the failed check
+            got = httpx.post(
+                f"{server.url}/v1/chat/completions",
+                json={"model": "cove-baseline", "messages": [{"role": "user", "content": HEADS}]},
+                timeout=300,
+            )
+            assert got.status_code == 503, got.text
+            error = got.json()["error"]
+            assert error["code"] == "model_unavailable" and "SIGSEGV" in error["message"]
+            assert FIX_COMMAND in error["message"]
+        assert server.proc.poll() is None  # still serving
+        assert httpx.get(f"{server.url}/v1/models", timeout=30).status_code == 200
+        search = httpx.post(f"{server.url}/api/search", json={"query": "attention heads", "k": 2}, timeout=120)
+        assert search.status_code == 200 and search.json()["hits"]  # what needs no model still works
+    assert (library_copy / "model-checks").is_dir()
+
+
+@pytest.mark.slow
+def test_cove_ask_exits_with_the_error_not_a_signal(library_copy, faulty_llama):
+    env = {**os.environ, **faulty_llama("segv"), "COVE_HOME": str(library_copy), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "app.cli", "ask", "--pipeline", "baseline", HEADS],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    said = " ".join((run.stdout + run.stderr).split())
+    assert run.returncode == 3, (run.returncode, said[-2000:])  # 139 / -11 would be the crash itself
+    assert "Model error" in said and "SIGSEGV" in said and FIX_COMMAND in said
+
+
+@pytest.mark.slow
+def test_cove_mcp_answers_with_a_tool_error(library_copy, faulty_llama):
+    import anyio
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    env = {**faulty_llama("segv"), "COVE_HOME": str(library_copy), "HF_HUB_OFFLINE": "1"}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "app.cli", "mcp"], cwd=str(ROOT), env=env)
+
+    async def session():
+        async with Client(params, read_timeout_seconds=600) as client:
+            first = await client.call_tool("ask_papers", {"question": HEADS, "pipeline": "baseline"})
+            papers = await client.call_tool("list_papers", {})
+            return first, papers
+
+    first, papers = anyio.run(session)
+    assert first.is_error and "SIGSEGV" in first.content[0].text and FIX_COMMAND in first.content[0].text
+    assert not papers.is_error  # the server went on serving after the failed answer
