@@ -476,7 +476,7 @@ def warm_up(service: LibraryService) -> None:
 
         try:
             service.chat.retriever()
-            model = load_chat_model(service.settings.model, service.settings.model_checks_dir)
+            model = load_chat_model(service.settings.model, service.settings.models_dir)
             getattr(model, "check", lambda: None)()  # the self-check runs now, not in the first answer
         except Exception:  # the first request reports it properly
             log.warning("warming up failed", exc_info=True)

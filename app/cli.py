@@ -529,6 +529,46 @@ def mcp(
         run_stdio(settings)
 
 
+@app.command("model-check")
+def model_check(
+    model: Annotated[str | None, typer.Option("--model", help="GGUF path (default: the configured model).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Show this machine's CPU, the llama.cpp build, and whether the model runs here (the self-check)."""
+    from cove import cpu
+    from cove.llm import ModelError, load_chat_model
+    from cove.model_check import build_identity
+
+    settings = _settings(home, model=_model_options(model, None))
+    if settings.model.backend != "llama-cpp":
+        console.print("The model runs on a server (model.backend = 'openai'): nothing to check here.")
+        return
+    report: dict[str, Any] = {"machine": cpu.report(), "build": build_identity()}
+    chat_model = load_chat_model(settings.model, settings.models_dir)
+    try:
+        chat_model.check()
+        report |= {"ok": True, "model": chat_model.path}
+    except ModelError as err:
+        report |= {"ok": False, "model": getattr(chat_model, "path", settings.model.model), "error": str(err)}
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        machine = report["machine"]
+        console.print(f"CPU: {machine['cpu']}; vector flags: {', '.join(machine['cpu_flags'])}", highlight=False)
+        console.print(f"OS state: {machine['os_xstate']} ({machine['os_xstate_source']}); AMX granted: "
+                      f"{machine['amx_granted']}", highlight=False)  # fmt: skip
+        build = report["build"]
+        console.print(f"llama-cpp-python {build['version']}: {build['cmake_args'] or 'flags not recorded'}",
+                      highlight=False)  # fmt: skip
+        if report["ok"]:
+            console.print(f"[green]The model runs here:[/] {report['model']}", highlight=False)
+        else:
+            console.print(f"[red]The model does not run here:[/] {report['error']}", highlight=False)
+    if not report["ok"]:
+        raise typer.Exit(3)
+
+
 # --- evaluation ------------------------------------------------------------------------------------------
 
 

@@ -62,7 +62,7 @@ def raw_child(config: dict) -> dict:
 
     threads, batch = config["threads"], config["batch"]
     llm = Llama(
-        resolve_model_path(BUNDLED_CHAT_MODEL),
+        config.get("model") or resolve_model_path(BUNDLED_CHAT_MODEL),
         n_ctx=4096,
         n_threads=threads,
         n_threads_batch=threads,

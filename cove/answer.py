@@ -269,7 +269,7 @@ class AnswerEngine:
     @property
     def model(self) -> ChatModel:
         if self._model is None:
-            self._model = load_chat_model(self.settings.model, self.settings.model_checks_dir)
+            self._model = load_chat_model(self.settings.model, self.settings.models_dir)
         return self._model
 
     def _lead_settings(self) -> ComposeSettings:

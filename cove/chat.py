@@ -28,7 +28,7 @@ from cove.answer import AnswerDeadline, AnswerEngine
 from cove.catalog import STATUS_FAILED, STATUS_OK, DocumentRecord
 from cove.conversations import ConversationStore, Message
 from cove.events import EventCallback
-from cove.llm import ModelError
+from cove.llm import ModelCrashed, ModelError
 from cove.lock import LibraryBusy
 from cove.settings import CoveSettings, with_overrides
 from cove.store import StoreUnavailable
@@ -95,6 +95,8 @@ def friendly_error(err: BaseException) -> str:
         return str(err)
     if isinstance(err, AnswerDeadline):
         return f"Not answered in time: {err}. Try again, or the single-answer pipeline (faster)."
+    if isinstance(err, ModelCrashed):  # already says what failed and the command that fixes it
+        return f"The model could not answer: {err}"
     if isinstance(err, ModelError):
         return f"The model could not answer: {err}. Check the model setting, or pick the bundled model."
     if isinstance(err, StoreUnavailable):

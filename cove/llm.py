@@ -176,27 +176,30 @@ _CHECKERS: dict[str, object] = {}
 _CHECKERS_LOCK = threading.Lock()
 
 
-def _checker(check_dir: Path | None, timeout_s: float):
-    """One checker per record folder and timeout, so a process checks each model once at a time."""
+def _checker(state_dir: Path | None, timeout_s: float):
+    """One checker per state folder and timeout, so a process checks each model once at a time."""
     from cove.model_check import ModelChecker
 
-    key = f"{check_dir}|{timeout_s}"
+    key = f"{state_dir}|{timeout_s}"
     with _CHECKERS_LOCK:
         if key not in _CHECKERS:
-            _CHECKERS[key] = ModelChecker(check_dir, timeout_s)
+            _CHECKERS[key] = ModelChecker(state_dir, timeout_s)
         return _CHECKERS[key]
 
 
 class LlamaCppModel(ChatModel):
     """A GGUF model run in-process by llama-cpp-python, with its chat template and a KV state cache.
 
-    Before the first load, a self-check child proves this model and build can generate on this CPU
-    (`cove.model_check`): a build that faults gives a `ModelCrashed` error, not a dead process."""
+    Before the first load, the model is put in a fast format for this CPU where it needs it
+    (`cove.model_format`) and a self-check child proves this model and build can generate here
+    (`cove.model_check`): a build that faults gives a `ModelCrashed` error, not a dead process.
+    `state_dir` (`Settings.models_dir`) keeps the converted copies and the remembered checks."""
 
-    def __init__(self, settings: ModelSettings, check_dir: Path | None = None) -> None:
+    def __init__(self, settings: ModelSettings, state_dir: Path | None = None) -> None:
         self.settings = settings
-        self.check_dir = check_dir
-        self.path = resolve_model_path(settings.model)
+        self.state_dir = state_dir
+        self.source_path = resolve_model_path(settings.model)
+        self.path = self.source_path  # what runs: the source, or its converted copy once prepared
         self.name = Path(self.path).name
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -205,19 +208,24 @@ class LlamaCppModel(ChatModel):
         self._control_tokens: frozenset[str] = frozenset()
 
     def check(self) -> None:
-        """Run (or recall) the self-check; raises `ModelCrashed` where the model cannot generate here."""
+        """Convert where needed, then run (or recall) the self-check; raises `ModelCrashed` where the
+        model cannot generate on this machine."""
         from cove.model_check import CheckFailed
 
-        if not self.settings.self_check:
-            return
+        if not os.path.isfile(self.source_path):
+            raise ModelError(f"model file not found: {self.source_path}")
+        checker = _checker(self.state_dir, self.settings.check_timeout_s)
         try:
-            _checker(self.check_dir, self.settings.check_timeout_s).ensure(self.path, llama_kwargs(self.settings))
+            if self.settings.convert == "auto":
+                self.path = checker.prepare(self.source_path, self.settings.convert_max_mb)
+                if self.path != self.source_path:
+                    self.name = f"{Path(self.source_path).name} (run as Q8_0)"
+            if self.settings.self_check:
+                checker.ensure(self.path, llama_kwargs(self.settings))
         except CheckFailed as err:
             raise ModelCrashed(str(err)) from None
 
     def _load(self):
-        if not os.path.isfile(self.path):
-            raise ModelError(f"model file not found: {self.path}")
         self.check()
         try:
             from llama_cpp import Llama, LlamaRAMCache
@@ -443,13 +451,14 @@ _MODELS: OrderedDict[str, ChatModel] = OrderedDict()  # least recently used firs
 _MODELS_LOCK = threading.Lock()
 
 
-def load_chat_model(settings: ModelSettings, check_dir: Path | None = None) -> ChatModel:
+def load_chat_model(settings: ModelSettings, state_dir: Path | None = None) -> ChatModel:
     """The configured model, shared per process (one llama.cpp context per model file).
 
-    `check_dir` is where the model self-check remembers its results (`Settings.model_checks_dir`);
-    without it the check runs once per process. At most `settings.max_loaded` models stay loaded: each may hold hundreds
-    of MB, so the least recently used one is dropped (callers still holding it finish their answer)."""
-    key = f"{settings.model_dump_json()}|{check_dir}"  # any knob that differs: a model of its own
+    `state_dir` (`Settings.models_dir`) is where converted copies and remembered self-checks live;
+    without it the model runs as stored and the check runs once per process. At most
+    `settings.max_loaded` models stay loaded: each may hold hundreds of MB, so the least recently
+    used one is dropped (callers still holding it finish their answer)."""
+    key = f"{settings.model_dump_json()}|{state_dir}"  # any knob that differs: a model of its own
     with _MODELS_LOCK:
         if key in _MODELS:
             _MODELS.move_to_end(key)
@@ -459,7 +468,7 @@ def load_chat_model(settings: ModelSettings, check_dir: Path | None = None) -> C
                 raise ModelError("model.backend is 'openai' but model.openai_url is not set")
             model: ChatModel = OpenAIChatModel(settings)
         else:
-            model = LlamaCppModel(settings, check_dir)
+            model = LlamaCppModel(settings, state_dir)
         _MODELS[key] = model
         while len(_MODELS) > settings.max_loaded:
             _MODELS.popitem(last=False)

@@ -8,12 +8,15 @@ loads it and generates a few tokens. A crash or a hang there becomes a `ModelCra
 says what failed (the signal, the CPU's features, the build's flags) and the command that fixes it;
 the process asking stays up.
 
-The result is remembered under ``COVE_HOME/model-checks/<key>.json``; the key hashes the model file
+The result is remembered under ``COVE_HOME/models/checks/<key>.json``; the key hashes the model file
 (path, size, modification time), the build (llama-cpp-python's version and the bytes of its native
 libraries) and the run settings the child used. A healthy machine pays for the check once; a
 rebuilt library is a new key, so it is checked again.
 
-    python -m cove.model_check '<json of llama_kwargs>'    # what the child runs
+The Q8_0 conversion of a Q4_1 model (`cove.model_format`) runs in a child too, for the same reason.
+
+    python -m cove.model_check check '<json of llama_kwargs>'   # what the check's child runs
+    python -m cove.model_check convert SOURCE TARGET            # the conversion's child
 """
 
 from __future__ import annotations
@@ -93,10 +96,11 @@ def check_key(model_path: str, llama_kwargs: dict) -> str:
 
 
 class ModelChecker:
-    """Runs and remembers self-checks; one check at a time per key in this process."""
+    """Runs and remembers self-checks (and conversions) under `state_dir`; one at a time in this process."""
 
-    def __init__(self, record_dir: Path | None, timeout_s: float) -> None:
-        self.record_dir = record_dir
+    def __init__(self, state_dir: Path | None, timeout_s: float) -> None:
+        self.state_dir = state_dir
+        self.record_dir = state_dir / "checks" if state_dir else None
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._seen: dict[str, CheckResult] = {}  # for a process without a home to remember in
@@ -109,6 +113,26 @@ class ModelChecker:
         if not result.ok:
             raise CheckFailed(result.detail)
         return result
+
+    def prepare(self, model_path: str, max_mb: int) -> str:
+        """The file to run: `model_path`, or its Q8_0 copy where its format is slow on x86 (made now,
+        in a child process, the first time). Without a state folder the file runs as it is."""
+        from cove import model_format
+
+        source = Path(model_path)
+        if self.state_dir is None or not model_format.needs_conversion(source, max_mb):
+            return model_path
+        target = self.state_dir / model_format.converted_name(source)
+        with self._lock:
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_suffix(f".{os.getpid()}.part")
+                failure = run_child(["convert", str(source), str(partial)], self.timeout_s, source.name, "convert it")
+                if failure or not partial.exists():
+                    partial.unlink(missing_ok=True)
+                    raise CheckFailed(failure or explain(source.name, "could not be converted to Q8_0 (no output)"))
+                partial.replace(target)  # whole or not at all
+        return str(target)
 
     def _path(self, key: str) -> Path | None:
         return self.record_dir / f"{key}.json" if self.record_dir else None
@@ -138,27 +162,37 @@ class ModelChecker:
 def run_check(model_path: str, llama_kwargs: dict, key: str, timeout_s: float) -> CheckResult:
     """Load the model in a child process and generate a few tokens; a crash or a hang is a failed result."""
     started = time.time()
-    command = [sys.executable, "-m", "cove.model_check", json.dumps({"model_path": model_path, **llama_kwargs})]
     name = Path(model_path).name
+    report: list[str] = []
+    failure = run_child(["check", json.dumps({"model_path": model_path, **llama_kwargs})], timeout_s, name,
+                        f"generate {CHECK_TOKENS} tokens", report)  # fmt: skip
+    seconds = time.time() - started
+    if failure:
+        return CheckResult(False, key, name, seconds, failure, checked_at=time.time())
+    return CheckResult(True, key, name, seconds, checked_at=time.time(), **json.loads(report[0]))
+
+
+def run_child(arguments: list[str], timeout_s: float, model_name: str, doing: str, report: list | None = None) -> str:
+    """Run ``python -m cove.model_check <arguments>``; '' when it worked (its last output line goes to
+    `report`), else the whole explanation of how it failed."""
+    command = [sys.executable, "-m", "cove.model_check", *arguments]
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        detail = explain(name, f"did not generate {CHECK_TOKENS} tokens within {timeout_s:.0f} s (killed)")
-        return CheckResult(False, key, name, time.time() - started, detail, checked_at=time.time())
-    seconds = time.time() - started
+        return explain(model_name, f"did not {doing} within {timeout_s:.0f} s (killed)")
     if child.returncode == 0:
+        lines = child.stdout.strip().splitlines()
         try:
-            speeds = json.loads(child.stdout.strip().splitlines()[-1])
-            return CheckResult(True, key, name, seconds, checked_at=time.time(), **speeds)
-        except (ValueError, IndexError, TypeError):
+            if report is not None:
+                json.loads(lines[-1])  # the child's report must be whole
+                report.append(lines[-1])
+            return ""
+        except (ValueError, IndexError):
             pass  # exited 0 without its report: as broken as a crash
     if child.returncode < 0:
-        signal_name = _signal_name(-child.returncode)
-        what = f"crashed with {signal_name} while loading it or generating its first tokens"
-    else:
-        last = [line for line in child.stderr.strip().splitlines() if line.strip()][-3:]
-        what = f"failed (exit status {child.returncode}): {' '.join(last)[-400:] or 'no message'}"
-    return CheckResult(False, key, name, seconds, explain(name, what), checked_at=time.time())
+        return explain(model_name, f"crashed with {_signal_name(-child.returncode)} while trying to {doing}")
+    last = [line for line in child.stderr.strip().splitlines() if line.strip()][-3:]
+    return explain(model_name, f"failed (exit status {child.returncode}): {' '.join(last)[-400:] or 'no message'}")
 
 
 def _signal_name(number: int) -> str:
@@ -215,4 +249,9 @@ def _child(arguments: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1]))
+    if sys.argv[1] == "convert":
+        from cove.model_format import convert
+
+        convert(sys.argv[2], sys.argv[3])
+        sys.exit(0)
+    sys.exit(_child(sys.argv[2]))

@@ -180,7 +180,7 @@ class ModelSettings(BaseModel):
         "on (llama-cpp-python's own default is half of them, which halves decode speed on 2 cores).",
     )
     n_batch: int = Field(
-        512,
+        256,
         ge=8,
         description="Prompt tokens llama.cpp evaluates per batch (and per micro-batch): larger batches run the "
         "matrix kernels at full speed; benchmarks/model_bench.py measures the choice.",
@@ -192,10 +192,19 @@ class ModelSettings(BaseModel):
         True,
         description="Before a model file and llama.cpp build are first used, load them in a child process and "
         "generate a few tokens, so a build that crashes on this CPU gives an error instead of killing Cove; "
-        "the result is remembered per model and build under COVE_HOME/model-checks.",
+        "the result is remembered per model and build under COVE_HOME/models/checks.",
     )
     check_timeout_s: float = Field(
         180.0, gt=0, description="Longest the self-check's child may take to load the model and generate."
+    )
+    convert: Literal["auto", "never"] = Field(
+        "auto",
+        description="'auto': a GGUF stored as Q4_1 or Q5_1 (formats without fast x86 kernels in llama.cpp) runs "
+        "as a Q8_0 copy made once under COVE_HOME/models (near lossless; the bundled model prefills 1.75x faster); "
+        "'never' runs every file as it is.",
+    )
+    convert_max_mb: int = Field(
+        1024, ge=0, description="Largest model file 'auto' converts, in MB (a Q8_0 copy is about twice its size)."
     )
     temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy and repeatable.")
     repeat_penalty: float = Field(1.1, ge=1, description="Penalty on repeating recent tokens (small models loop).")
@@ -434,9 +443,9 @@ class CoveSettings(BaseSettings):
         return self.home_dir / "uploads"
 
     @property
-    def model_checks_dir(self) -> Path:
-        """Remembered model self-checks, one per model file, llama.cpp build and run settings."""
-        return self.home_dir / "model-checks"
+    def models_dir(self) -> Path:
+        """Model state: remembered self-checks (``checks/``) and the Q8_0 copies of Q4_1 models."""
+        return self.home_dir / "models"
 
     @property
     def files_dir(self) -> Path:

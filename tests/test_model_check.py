@@ -25,7 +25,7 @@ import pytest
 from conftest import FIXTURES, ROOT
 from servers import CoveApiServer
 
-from cove import cpu
+from cove import cpu, model_format
 from cove.llm import LlamaCppModel, ModelCrashed, llama_kwargs, resolve_model_path
 from cove.model_check import FIX_COMMAND, CheckFailed, ModelChecker
 from cove.settings import BUNDLED_CHAT_MODEL, load_settings
@@ -180,7 +180,7 @@ def bundled() -> tuple[str, dict]:
 def test_crash_at_the_first_token_is_a_clear_error_and_is_remembered(faulty_llama, tmp_path):
     path, kwargs = bundled()
     faulty_llama("segv")
-    checker = ModelChecker(tmp_path / "checks", timeout_s=120)
+    checker = ModelChecker(tmp_path / "models", timeout_s=120)
     with pytest.raises(CheckFailed) as failed:
         checker.ensure(path, kwargs)
     message = str(failed.value)
@@ -188,14 +188,14 @@ def test_crash_at_the_first_token_is_a_clear_error_and_is_remembered(faulty_llam
     assert FIX_COMMAND in message and "COVE_LLAMA_CPU=portable" in message
     assert cpu.read_machine().model in message and "OS grants" in message  # which machine, what it grants
     assert "built with -DGGML_NATIVE=OFF" in message  # the build's flags
-    records = list((tmp_path / "checks").glob("*.json"))
+    records = list((tmp_path / "models" / "checks").glob("*.json"))
     assert len(records) == 1 and json.loads(records[0].read_text())["ok"] is False
     # Remembered: a new checker on the same folder fails at once, without running a child.
     os.environ.pop("PYTHONPATH")
     with pytest.raises(CheckFailed, match="SIGSEGV"):
-        ModelChecker(tmp_path / "checks", timeout_s=120).ensure(path, kwargs)
+        ModelChecker(tmp_path / "models", timeout_s=120).ensure(path, kwargs)
     # The same model with other run settings is another check (it passes: the fault hook is gone).
-    assert ModelChecker(tmp_path / "checks", timeout_s=120).ensure(path, {**kwargs, "n_batch": 64}).ok
+    assert ModelChecker(tmp_path / "models", timeout_s=120).ensure(path, {**kwargs, "n_batch": 64}).ok
 
 
 @pytest.mark.slow
@@ -210,25 +210,46 @@ def test_illegal_instruction_and_hang_are_reported(faulty_llama, tmp_path):
 
 
 @pytest.mark.slow
-def test_healthy_model_is_checked_once(faulty_llama, tmp_path):
+def test_healthy_model_is_converted_and_checked_once(faulty_llama, tmp_path):
     settings = load_settings({"home": str(tmp_path)}).model
-    model = LlamaCppModel(settings, tmp_path / "checks")
+    model = LlamaCppModel(settings, tmp_path / "models")
     model.check()
-    record = json.loads(next((tmp_path / "checks").glob("*.json")).read_text())
+    # The bundled Q4_1 file runs as a Q8_0 copy (llama.cpp's fast x86 kernels), made once.
+    assert model_format.gguf_file_type(model.source_path) == 3 and model.path.endswith(".q8_0.gguf")
+    assert model_format.gguf_file_type(model.path) == model_format.TARGET_FTYPE
+    assert Path(model.path).parent == tmp_path / "models" and "run as Q8_0" in model.name
+    record = json.loads(next((tmp_path / "models" / "checks").glob("*.json")).read_text())
     assert record["ok"] and record["prefill_tokens_per_s"] > 0 and record["decode_tokens_per_s"] > 0
+    reply = model.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=8)
+    assert reply.decode_tokens >= 1 and reply.prefill_seconds > 0 and reply.text.strip()
     faulty_llama("segv")  # a check run now would crash: the remembered result is used instead
-    LlamaCppModel(settings, tmp_path / "checks").check()  # no ModelCrashed: no child ran
-    with pytest.raises(ModelCrashed, match="SIGSEGV"):  # while a new model file would be checked, and fail
+    LlamaCppModel(settings, tmp_path / "models").check()  # no ModelCrashed: no child ran
+    with pytest.raises(ModelCrashed, match="SIGSEGV"):  # while a new model file is checked, and fails
         other = tmp_path / "copy.gguf"
         shutil.copy(resolve_model_path(BUNDLED_CHAT_MODEL), other)
-        LlamaCppModel(settings.model_copy(update={"model": str(other)}), tmp_path / "checks").check()
+        LlamaCppModel(settings.model_copy(update={"model": str(other)}), tmp_path / "models").check()
+    never = LlamaCppModel(settings.model_copy(update={"convert": "never", "self_check": False}), tmp_path / "x")
+    never.check()
+    assert never.path == never.source_path  # as stored
+
+
+def test_gguf_header_reader(tmp_path):
+    assert model_format.gguf_file_type(resolve_model_path(BUNDLED_CHAT_MODEL)) == 3  # Q4_1, as shipped
+    (tmp_path / "notes.gguf").write_text("not a model")
+    with pytest.raises(model_format.NotGGUF):
+        model_format.gguf_file_type(tmp_path / "notes.gguf")
+    head = Path(resolve_model_path(BUNDLED_CHAT_MODEL)).read_bytes()[:60]
+    (tmp_path / "cut.gguf").write_bytes(head)
+    with pytest.raises(model_format.NotGGUF):
+        model_format.gguf_file_type(tmp_path / "cut.gguf")
+    assert model_format.needs_conversion(tmp_path / "notes.gguf", 1024) is None  # llama.cpp reports it
 
 
 @pytest.fixture
 def library_copy(small_library, tmp_path):
     """A copy of the small library: a failed check is remembered in its home, not the shared one."""
     home = tmp_path / "home"
-    shutil.copytree(small_library.home_dir, home, ignore=shutil.ignore_patterns("model-checks"))
+    shutil.copytree(small_library.home_dir, home, ignore=shutil.ignore_patterns("models"))
     return home
 
 
@@ -251,7 +272,7 @@ def test_cove_serve_stays_up_when_the_model_crashes(library_copy, tmp_path, faul
         assert httpx.get(f"{server.url}/v1/models", timeout=30).status_code == 200
         search = httpx.post(f"{server.url}/api/search", json={"query": "attention heads", "k": 2}, timeout=120)
         assert search.status_code == 200 and search.json()["hits"]  # what needs no model still works
-    assert (library_copy / "model-checks").is_dir()
+    assert list((library_copy / "models" / "checks").glob("*.json"))
 
 
 @pytest.mark.slow
@@ -284,3 +305,37 @@ def test_cove_mcp_answers_with_a_tool_error(library_copy, faulty_llama):
     first, papers = anyio.run(session)
     assert first.is_error and "SIGSEGV" in first.content[0].text and FIX_COMMAND in first.content[0].text
     assert not papers.is_error  # the server went on serving after the failed answer
+
+
+@pytest.mark.slow
+def test_chat_app_shows_the_error_and_goes_on(library_copy, faulty_llama, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    faulty_llama("segv")
+    monkeypatch.setenv("COVE_HOME", str(library_copy))
+    st.cache_resource.clear()  # the service is built from these settings
+    at = AppTest.from_file(str(ROOT / "app" / "streamlit_app.py"), default_timeout=600)
+    at.run()
+    for turn in range(2):  # the app is still there for the next question, which recalls the check
+        at.chat_input(key="question").set_value(HEADS).run()
+        assert not at.exception, at.exception
+        assert len(at.error) == turn + 1
+        assert "SIGSEGV" in at.error[turn].value and FIX_COMMAND in at.error[turn].value
+    st.cache_resource.clear()
+
+
+@pytest.mark.slow
+def test_cove_model_check_reports_the_machine_and_the_verdict(tmp_path, faulty_llama):
+    def run(home: Path, env: dict) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "app.cli", "model-check", "--json"]
+        env = {**os.environ, **env, "COVE_HOME": str(home)}
+        return subprocess.run(command, cwd=ROOT, timeout=600, env=env, capture_output=True, text=True)
+
+    healthy = run(tmp_path / "a", {})
+    report = json.loads(healthy.stdout)
+    assert healthy.returncode == 0 and report["ok"] and report["model"].endswith(".q8_0.gguf")
+    assert report["build"]["cmake_args"].startswith("-DGGML_NATIVE=OFF") and report["machine"]["cpu"]
+    crashing = run(tmp_path / "b", faulty_llama("segv"))
+    report = json.loads(crashing.stdout)
+    assert crashing.returncode == 3 and not report["ok"] and "SIGSEGV" in report["error"]
