@@ -75,6 +75,7 @@ class Machine:
     xstate: int | None  # user-space XSAVE features the OS enables; None: could not be read
     amx_granted: bool
     xstate_source: str = ""
+    x86_64: bool = True
 
     def os_grants(self, state: int) -> bool:
         if state == 0:
@@ -93,6 +94,8 @@ class Build:
     profile: str = "auto"
 
     def cmake_args(self) -> str:
+        if not self.options:  # not x86-64: llama.cpp's own defaults
+            return ""
         # GGML_NATIVE=OFF: -march=native would compile whatever the compiler sees (AMX included),
         # whatever the OS grants. GGML_BACKEND_DL stays off: one library, built for this machine.
         parts = ["-DGGML_NATIVE=OFF"]
@@ -118,7 +121,8 @@ def read_machine(cpuinfo: str = "/proc/cpuinfo") -> Machine:
     except OSError:
         pass
     xstate, source = read_xstate(flags)
-    return Machine(model=model, flags=flags, xstate=xstate, amx_granted=amx_permission(), xstate_source=source)
+    return Machine(model=model, flags=flags, xstate=xstate, amx_granted=amx_permission(), xstate_source=source,
+                   x86_64=platform.machine() in ("x86_64", "AMD64"))  # fmt: skip
 
 
 def _arch_prctl(code: int, argument) -> int:
@@ -181,6 +185,8 @@ def choose_build(machine: Machine, profile: str = "auto") -> Build:
     state ("auto"), or the portable AVX2 set capped by the same test ("portable")."""
     if profile not in ("auto", "portable"):
         raise ValueError(f"unknown build profile {profile!r}: use 'auto' or 'portable'")
+    if not machine.x86_64:  # the x86 flags mean nothing there; llama.cpp chooses (ARM, RISC-V, ...)
+        return Build(options={}, profile=profile)
     options: dict[str, bool] = {}
     refused: dict[str, str] = {}
     for name, needs, state in GGML_OPTIONS:

@@ -55,6 +55,7 @@ class CheckResult:
     model: str
     seconds: float
     detail: str = ""  # the error, for a failed check
+    lasting: bool = True  # a crash repeats with the same build; a time-out may be a busy machine
     prefill_tokens_per_s: float = 0.0
     decode_tokens_per_s: float = 0.0
     checked_at: float = 0.0
@@ -130,7 +131,8 @@ class ModelChecker:
                 failure = run_child(["convert", str(source), str(partial)], self.timeout_s, source.name, "convert it")
                 if failure or not partial.exists():
                     partial.unlink(missing_ok=True)
-                    raise CheckFailed(failure or explain(source.name, "could not be converted to Q8_0 (no output)"))
+                    no_output = explain(source.name, "could not be converted to Q8_0 (no output)")
+                    raise CheckFailed(failure.explanation if failure else no_output)
                 partial.replace(target)  # whole or not at all
         return str(target)
 
@@ -151,7 +153,7 @@ class ModelChecker:
     def _remember(self, result: CheckResult) -> CheckResult:
         self._seen[result.key] = result
         path = self._path(result.key)
-        if path is not None:
+        if path is not None and result.lasting:  # a time-out is checked again by the next process
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(f".{os.getpid()}.tmp")
             temporary.write_text(json.dumps(asdict(result), indent=2))
@@ -168,31 +170,42 @@ def run_check(model_path: str, llama_kwargs: dict, key: str, timeout_s: float) -
                         f"generate {CHECK_TOKENS} tokens", report)  # fmt: skip
     seconds = time.time() - started
     if failure:
-        return CheckResult(False, key, name, seconds, failure, checked_at=time.time())
+        return CheckResult(False, key, name, seconds, failure.explanation, lasting=not failure.timed_out,
+                           checked_at=time.time())  # fmt: skip
     return CheckResult(True, key, name, seconds, checked_at=time.time(), **json.loads(report[0]))
 
 
-def run_child(arguments: list[str], timeout_s: float, model_name: str, doing: str, report: list | None = None) -> str:
-    """Run ``python -m cove.model_check <arguments>``; '' when it worked (its last output line goes to
-    `report`), else the whole explanation of how it failed."""
+@dataclass
+class ChildFailure:
+    explanation: str  # the whole message for the user
+    timed_out: bool = False
+
+
+def run_child(
+    arguments: list[str], timeout_s: float, model_name: str, doing: str, report: list | None = None
+) -> ChildFailure | None:
+    """Run ``python -m cove.model_check <arguments>``: None when it worked (its last output line goes
+    to `report`), else how it failed."""
     command = [sys.executable, "-m", "cove.model_check", *arguments]
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return explain(model_name, f"did not {doing} within {timeout_s:.0f} s (killed)")
+        return ChildFailure(explain(model_name, f"did not {doing} within {timeout_s:.0f} s (killed)"), timed_out=True)
     if child.returncode == 0:
         lines = child.stdout.strip().splitlines()
         try:
             if report is not None:
                 json.loads(lines[-1])  # the child's report must be whole
                 report.append(lines[-1])
-            return ""
+            return None
         except (ValueError, IndexError):
             pass  # exited 0 without its report: as broken as a crash
     if child.returncode < 0:
-        return explain(model_name, f"crashed with {_signal_name(-child.returncode)} while trying to {doing}")
+        signal_name = _signal_name(-child.returncode)
+        return ChildFailure(explain(model_name, f"crashed with {signal_name} while trying to {doing}"))
     last = [line for line in child.stderr.strip().splitlines() if line.strip()][-3:]
-    return explain(model_name, f"failed (exit status {child.returncode}): {' '.join(last)[-400:] or 'no message'}")
+    why = " ".join(last)[-400:] or "no message"
+    return ChildFailure(explain(model_name, f"failed (exit status {child.returncode}): {why}"))
 
 
 def _signal_name(number: int) -> str:

@@ -184,7 +184,7 @@ def test_settings_name_the_model_and_a_session_cannot_choose_another(library_hom
     at.session_state["gguf_path"] = "/etc/passwd"
     ask(at, HEADS)
     answer = chat_messages(library_home, at)[1].answer
-    assert answer["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf", answer.get("model")
+    assert answer["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf (run as Q8_0)", answer.get("model")
 
 
 def test_local_paths_are_added_only_from_configured_roots(cove_home, monkeypatch, tmp_path):
