@@ -108,6 +108,15 @@ def extract_wheel(folder: Path, into: Path) -> Path:
     return target
 
 
+def as_run(settings, models_dir: Path) -> str:
+    """The file Cove runs for the bundled model (its Q8_0 copy where converted), made as Cove makes it."""
+    from cove.llm import LlamaCppModel
+
+    model = LlamaCppModel(settings.model, models_dir)
+    model.check()
+    return model.path
+
+
 def build_library(corpus: Path, home: Path) -> None:
     env = {**os.environ, "COVE_HOME": str(home)}
     subprocess.run([sys.executable, "-m", "app.cli", "ingest", "--from", str(corpus)], cwd=ROOT, env=env,
@@ -174,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw-child", help=argparse.SUPPRESS)
     parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--batch", default="32,128,512")
+    parser.add_argument("--batch", default="64,256,512")
     parser.add_argument("--flash", default="0,1")
     parser.add_argument("--wheel", type=Path, action="append", default=[], help="another build's wheel folder")
     parser.add_argument("--prompt-tokens", type=int, default=800)
@@ -189,31 +198,41 @@ def main() -> None:
         print(json.dumps(raw_child(json.loads(args.raw_child))))
         return
 
-    from cove.llm import llama_kwargs
+    from cove.llm import llama_kwargs, resolve_model_path
     from cove.model_check import build_identity
-    from cove.settings import load_settings
+    from cove.settings import BUNDLED_CHAT_MODEL, load_settings
 
-    defaults = llama_kwargs(load_settings().model)
+    settings = load_settings({"home": str(args.home)} if args.home else {})
+    defaults = llama_kwargs(settings.model)
+    own = {"threads": defaults["n_threads"], "batch": defaults["n_batch"], "flash": int(defaults["flash_attn"])}
     text = prompt_text(args.corpus)
     report: dict = {"raw": [], "installed_build": build_identity()}
     with tempfile.TemporaryDirectory(prefix="cove-model-bench-") as tmp:
+        models_dir = settings.models_dir if args.home else Path(tmp) / "models"
+        models = {"shipped": resolve_model_path(BUNDLED_CHAT_MODEL), "as-run": as_run(settings, models_dir)}
         builds: list[tuple[str, Path | None]] = [("installed", None)]
-        builds += [(folder.name, extract_wheel(folder, Path(tmp))) for folder in args.wheel]
-        grid = itertools.product(
+        builds += [(folder.name.rsplit("-", 1)[-1], extract_wheel(folder, Path(tmp))) for folder in args.wheel]
+        grid = list(itertools.product(
             [int(t) for t in args.threads.split(",")],
             [int(b) for b in args.batch.split(",")],
             [int(f) for f in args.flash.split(",")],
-        )
-        print("Raw llama.cpp (bundled SmolLM2-135M):")
-        for (threads, batch, flash), (build, site) in itertools.product(list(grid), builds):
+        ))  # fmt: skip
+        # The whole grid for the installed build and the file Cove runs; Cove's own settings for the rest.
+        runs = [("installed", None, "as-run", g) for g in grid]
+        runs += [(b, site, m, (own["threads"], own["batch"], own["flash"])) for b, site in builds for m in models
+                 if (b, m) != ("installed", "as-run")]  # fmt: skip
+        print(f"Raw llama.cpp (bundled SmolLM2-135M; shipped = {Path(models['shipped']).name}, as-run = what "
+              f"Cove runs, {Path(models['as-run']).name}):")  # fmt: skip
+        for build, site, model, (threads, batch, flash) in runs:
             config = {"threads": threads, "batch": batch, "flash": flash, "text": text, "repeat": args.repeat,
-                      "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens}  # fmt: skip
+                      "prompt_tokens": args.prompt_tokens, "decode_tokens": args.decode_tokens,
+                      "model": models[model]}  # fmt: skip
             speeds = run_raw(build, site, config)
-            row = {"build": build, "threads": threads, "batch": batch, "flash": flash, **speeds}
+            row = {"build": build, "model": model, "threads": threads, "batch": batch, "flash": flash, **speeds}
             report["raw"].append(row)
             prefill, decode = speeds.get("prefill_tokens_per_s", "-"), speeds.get("decode_tokens_per_s", "-")
-            print(f"  {build:>12} threads={threads} batch={batch:>4} flash={flash}: prefill {prefill} t/s, "
-                  f"decode {decode} t/s {speeds.get('error', '')}", flush=True)  # fmt: skip
+            print(f"  {build:>16} {model:>8} threads={threads} batch={batch:>4} flash={flash}: prefill {prefill} "
+                  f"t/s, decode {decode} t/s {speeds.get('error', '')}", flush=True)  # fmt: skip
 
         ok = [r for r in report["raw"] if "error" not in r]
         if ok:
@@ -229,12 +248,12 @@ def main() -> None:
             print(f"Cove inside ask() ({args.questions} held-out questions, both pipelines):")
             cove = run_cove(home, heldout_questions(args.questions))
             report["cove"] = cove
-            own = {"threads": defaults["n_threads"], "batch": defaults["n_batch"], "flash": int(defaults["flash_attn"])}
-            raw = next((r for r in ok if r["build"] == "installed" and all(r[k] == v for k, v in own.items())), None)
+            same = [r for r in ok if r["build"] == "installed" and r["model"] == "as-run"]
+            raw = next((r for r in same if all(r[k] == v for k, v in own.items())), None)
             if raw is None:  # Cove's own settings were not in the grid: measure them now
                 config = {**own, "text": text, "repeat": args.repeat, "prompt_tokens": args.prompt_tokens,
-                          "decode_tokens": args.decode_tokens}  # fmt: skip
-                raw = {"build": "installed", **own, **run_raw("installed", None, config)}
+                          "decode_tokens": args.decode_tokens, "model": models["as-run"]}  # fmt: skip
+                raw = {"build": "installed", "model": "as-run", **own, **run_raw("installed", None, config)}
                 report["raw"].append(raw)
             report["raw_at_cove_settings"] = raw
             for pipeline in ("baseline", "cove"):

@@ -55,7 +55,7 @@ class CheckResult:
     model: str
     seconds: float
     detail: str = ""  # the error, for a failed check
-    lasting: bool = True  # a crash repeats with the same build; a time-out may be a busy machine
+    lasting: bool = True  # a crash repeats with the same build; a time-out may be a busy machine (not kept)
     prefill_tokens_per_s: float = 0.0
     decode_tokens_per_s: float = 0.0
     checked_at: float = 0.0
@@ -170,7 +170,7 @@ def run_check(model_path: str, llama_kwargs: dict, key: str, timeout_s: float) -
                         f"generate {CHECK_TOKENS} tokens", report)  # fmt: skip
     seconds = time.time() - started
     if failure:
-        return CheckResult(False, key, name, seconds, failure.explanation, lasting=not failure.timed_out,
+        return CheckResult(False, key, name, seconds, failure.explanation, lasting=not failure.transient,
                            checked_at=time.time())  # fmt: skip
     return CheckResult(True, key, name, seconds, checked_at=time.time(), **json.loads(report[0]))
 
@@ -178,7 +178,7 @@ def run_check(model_path: str, llama_kwargs: dict, key: str, timeout_s: float) -
 @dataclass
 class ChildFailure:
     explanation: str  # the whole message for the user
-    timed_out: bool = False
+    transient: bool = False  # a time-out or a kill (out of memory?) may not happen again
 
 
 def run_child(
@@ -190,7 +190,7 @@ def run_child(
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return ChildFailure(explain(model_name, f"did not {doing} within {timeout_s:.0f} s (killed)"), timed_out=True)
+        return ChildFailure(explain(model_name, f"did not {doing} within {timeout_s:.0f} s (killed)"), transient=True)
     if child.returncode == 0:
         lines = child.stdout.strip().splitlines()
         try:
@@ -202,7 +202,8 @@ def run_child(
             pass  # exited 0 without its report: as broken as a crash
     if child.returncode < 0:
         signal_name = _signal_name(-child.returncode)
-        return ChildFailure(explain(model_name, f"crashed with {signal_name} while trying to {doing}"))
+        what = f"crashed with {signal_name} while trying to {doing}"
+        return ChildFailure(explain(model_name, what), transient=-child.returncode == signal.SIGKILL)
     last = [line for line in child.stderr.strip().splitlines() if line.strip()][-3:]
     why = " ".join(last)[-400:] or "no message"
     return ChildFailure(explain(model_name, f"failed (exit status {child.returncode}): {why}"))

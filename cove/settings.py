@@ -254,10 +254,16 @@ class AnswerSettings(BaseModel):
     prompts_dir: Path | None = Field(
         None, description="Folder of prompt templates (*.toml); unset = the templates shipped with Cove."
     )
+    # 700 -> 450 characters and 160 -> 96 tokens (issue 19): prompt tokens are most of an answer's
+    # time. On 40 tuning items: correctness 0.60 -> 0.60 single-shot, 0.70 -> 0.68 CoVe (one item),
+    # citation precision unchanged, 28% fewer prefill tokens. The draft's sentences are checked against
+    # whole chunks and the composer quotes whole chunks: the excerpt only has to point the model.
     source_chars: int = Field(
-        700, ge=100, description="Characters of each retrieved chunk shown to the model (the most relevant part)."
+        450, ge=100, description="Characters of each retrieved chunk shown to the model (the most relevant part)."
     )
-    max_answer_tokens: int = Field(160, ge=16, description="Longest draft, in tokens.")
+    max_answer_tokens: int = Field(
+        96, ge=16, description="Longest draft, in tokens (1 to 3 short sentences fit; longer drafts ramble)."
+    )
     max_generated_sentences: int = Field(
         2, ge=0, description="Checked model sentences kept after the quoted source sentences (0: quotes only)."
     )
