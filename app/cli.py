@@ -532,25 +532,29 @@ def mcp(
 @app.command("model-check")
 def model_check(
     model: Annotated[str | None, typer.Option("--model", help="GGUF path (default: the configured model).")] = None,
+    recheck: Annotated[bool, typer.Option("--recheck", help="Forget the remembered result; check again.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     home: HomeOpt = None,
 ) -> None:
     """Show this machine's CPU, the llama.cpp build, and whether the model runs here (the self-check)."""
     from cove import cpu
-    from cove.llm import ModelError, load_chat_model
+    from cove.llm import LlamaCppModel, ModelError
     from cove.model_check import build_identity
 
     settings = _settings(home, model=_model_options(model, None))
     if settings.model.backend != "llama-cpp":
         console.print("The model runs on a server (model.backend = 'openai'): nothing to check here.")
         return
-    report: dict[str, Any] = {"machine": cpu.report(), "build": build_identity()}
-    chat_model = load_chat_model(settings.model, settings.models_dir)
+    report: dict[str, Any] = {"machine": cpu.report(), "build": build_identity(), "model": settings.model.model}
     try:
+        chat_model = LlamaCppModel(settings.model, settings.models_dir)
+        report["model"] = chat_model.path
+        if recheck:
+            chat_model.forget_check()
         chat_model.check()
         report |= {"ok": True, "model": chat_model.path}
     except ModelError as err:
-        report |= {"ok": False, "model": getattr(chat_model, "path", settings.model.model), "error": str(err)}
+        report |= {"ok": False, "error": str(err)}
     if as_json:
         print(json.dumps(report, indent=2))
     else:

@@ -140,9 +140,7 @@ def run_cove(home: Path, questions: list[dict]) -> dict:
 
     engine = AnswerEngine(load_settings({"home": str(home)}))
     engine.ask("warm-up: what is attention?", pipeline="baseline")  # load the models, build BM25
-    totals = {
-        p: {"prefill": 0, "decode": 0, "prefill_s": 0.0, "decode_s": 0.0, "calls": 0} for p in ("baseline", "cove")
-    }
+    totals = {p: {"prefill": 0, "decoded": 0, "prefill_s": 0.0, "decode_s": 0.0} for p in ("baseline", "cove")}
     walls: dict[str, list[float]] = {"baseline": [], "cove": []}
     first: list[float] = []
     for item in questions:
@@ -160,18 +158,16 @@ def run_cove(home: Path, questions: list[dict]) -> dict:
             first.extend(seen)
             speed, row = answer.tokens.get("speed", {}), totals[pipeline]
             row["prefill"] += answer.tokens["prefill"]
-            row["decode"] += answer.tokens["decode"]
+            row["decoded"] += speed.get("timed_decode_tokens", 0)  # each call's first token is prefill's
             row["prefill_s"] += speed.get("prefill_s", 0.0)
             row["decode_s"] += speed.get("decode_s", 0.0)
-            row["calls"] += sum(1 for step in answer.tokens["steps"].values() if step["decode"])
             print(f"  {item['id']} {pipeline}: {walls[pipeline][-1]:.2f} s, prefill {answer.tokens['prefill']}, "
                   f"decode {answer.tokens['decode']}", flush=True)  # fmt: skip
     result = {"settings": engine.settings.model.model_dump(include={"threads", "n_batch", "flash_attn"})}
     for pipeline, row in totals.items():
-        decoded = row["decode"] - row["calls"]  # each call's first token is timed with its prefill
         result[pipeline] = {
             "prefill_tokens_per_s": round(row["prefill"] / row["prefill_s"], 1) if row["prefill_s"] else 0.0,
-            "decode_tokens_per_s": round(decoded / row["decode_s"], 1) if row["decode_s"] else 0.0,
+            "decode_tokens_per_s": round(row["decoded"] / row["decode_s"], 1) if row["decode_s"] else 0.0,
             "answer_p50_s": round(statistics.median(walls[pipeline]), 2),
             "answer_p95_s": round(sorted(walls[pipeline])[max(0, int(len(walls[pipeline]) * 0.95) - 1)], 2),
         }
@@ -257,6 +253,8 @@ def main() -> None:
                 raw = {"build": "installed", "model": "as-run", **own, **run_raw("installed", None, config)}
                 report["raw"].append(raw)
             report["raw_at_cove_settings"] = raw
+            if "error" in raw:
+                sys.exit(f"raw llama.cpp failed at Cove's settings: {raw['error']}")
             for pipeline in ("baseline", "cove"):
                 c = cove[pipeline]
                 ratio_p = c["prefill_tokens_per_s"] / raw["prefill_tokens_per_s"]

@@ -208,6 +208,7 @@ class _Meter:
             "decode_tokens_per_s": round(decoded / decode, 1) if decode > 0 else 0.0,
             "prefill_s": round(prefill, 3),
             "decode_s": round(decode, 3),
+            "timed_decode_tokens": decoded,  # decode tokens after each call's first (which prefill times)
         }
 
     def timed(self, stage: Stage, started: float) -> None:

@@ -58,9 +58,9 @@ GGML_OPTIONS: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("GGML_AVX512_VBMI", (*AVX512_BASE, "avx512vbmi"), XSTATE_AVX512),
     ("GGML_AVX512_VNNI", (*AVX512_BASE, "avx512_vnni"), XSTATE_AVX512),
     ("GGML_AVX512_BF16", (*AVX512_BASE, "avx512_bf16"), XSTATE_AVX512),
-    ("GGML_AMX_TILE", (*AVX512_BASE, "amx_tile"), XSTATE_AMX),
-    ("GGML_AMX_INT8", (*AVX512_BASE, "amx_tile", "amx_int8"), XSTATE_AMX),
-    ("GGML_AMX_BF16", (*AVX512_BASE, "amx_tile", "amx_bf16"), XSTATE_AMX),
+    ("GGML_AMX_TILE", (*AVX512_BASE, "amx_tile"), XSTATE_AMX | XSTATE_AVX512),
+    ("GGML_AMX_INT8", (*AVX512_BASE, "amx_tile", "amx_int8"), XSTATE_AMX | XSTATE_AVX512),
+    ("GGML_AMX_BF16", (*AVX512_BASE, "amx_tile", "amx_bf16"), XSTATE_AMX | XSTATE_AVX512),
 )
 # "portable": what every x86-64 machine this project meets runs (x86-64-v3 without AVX-512).
 PORTABLE = frozenset({"GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"})
@@ -80,8 +80,8 @@ class Machine:
     def os_grants(self, state: int) -> bool:
         if state == 0:
             return True
-        if state == XSTATE_AMX:
-            return self.amx_granted and self.xstate is not None and self.xstate & state == state
+        if state & XSTATE_AMX and not self.amx_granted:  # tile data needs the kernel's permission too
+            return False
         return self.xstate is not None and self.xstate & state == state
 
 
@@ -114,7 +114,7 @@ def read_machine(cpuinfo: str = "/proc/cpuinfo") -> Machine:
         with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
-                if key.strip() == "flags" and not flags:
+                if key.strip() in ("flags", "Features") and not flags:  # x86 / ARM
                     flags = frozenset(value.split())
                 elif key.strip() == "model name" and value.strip():
                     model = value.strip()
@@ -203,6 +203,9 @@ def build_key(cmake_args: str, package_version: str) -> str:
     """A short name for one build: the package version and the exact CMake arguments (plus the
     compiler's and Python's identity), so a changed flag set never reuses an old wheel."""
     identity = "\n".join([package_version, " ".join(sorted(cmake_args.split())), _compiler(), sys.version])
+    if not cmake_args:  # llama.cpp's defaults (not x86-64): a native build, so the CPU is part of its name
+        machine = read_machine()
+        identity += "\n" + machine.model + " " + " ".join(sorted(machine.flags)) + platform.machine()
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 

@@ -225,6 +225,15 @@ class LlamaCppModel(ChatModel):
         except CheckFailed as err:
             raise ModelCrashed(str(err)) from None
 
+    def forget_check(self) -> None:
+        """Forget this model's remembered self-check (after fixing the build by hand)."""
+        if not os.path.isfile(self.source_path):
+            raise ModelError(f"model file not found: {self.source_path}")
+        checker = _checker(self.state_dir, self.settings.check_timeout_s)
+        if self.settings.convert == "auto":
+            self.path = checker.prepare(self.source_path, self.settings.convert_max_mb)
+        checker.forget(self.path, llama_kwargs(self.settings))
+
     def _load(self):
         self.check()
         try:

@@ -10,8 +10,13 @@ the process asking stays up.
 
 The result is remembered under ``COVE_HOME/models/checks/<key>.json``; the key hashes the model file
 (path, size, modification time), the build (llama-cpp-python's version and the bytes of its native
-libraries) and the run settings the child used. A healthy machine pays for the check once; a
-rebuilt library is a new key, so it is checked again.
+libraries), the machine (its CPU flags and what the OS grants: a home shared across hosts, or a VM
+that moved, is checked again) and the run settings the child used. A healthy machine pays for the
+check once; a rebuilt library is a new key. Only a fault that repeats (SIGSEGV, SIGILL, SIGBUS,
+SIGFPE, SIGABRT) or a load error is written down; a time-out, a kill or an interrupt is remembered
+for a few minutes in the process (so a server does not wait again on every question), then checked
+again. `cove model-check --recheck` forgets a written-down result. Processes sharing a home check a
+model one at a time (a lock file per key).
 
 The Q8_0 conversion of a Q4_1 model (`cove.model_format`) runs in a child too, for the same reason.
 
@@ -21,8 +26,10 @@ The Q8_0 conversion of a Q4_1 model (`cove.model_format`) runs in a child too, f
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -35,6 +42,8 @@ from pathlib import Path
 
 from cove import cpu
 
+log = logging.getLogger("cove.model_check")
+
 CHECK_PROMPT = (
     "Question: How many attention heads does the base Transformer use? Answer in one short sentence, "
     "citing the paper by its title."
@@ -42,6 +51,9 @@ CHECK_PROMPT = (
 CHECK_TOKENS = 4
 FIX_COMMAND = "scripts/install.sh --rebuild-llama"
 PORTABLE_FIX_COMMAND = "COVE_LLAMA_CPU=portable scripts/install.sh --rebuild-llama"
+# Faults that the same build repeats on the same machine: worth writing down.
+LASTING_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGILL, signal.SIGBUS, signal.SIGFPE, signal.SIGABRT})
+TRANSIENT_MEMORY_S = 300.0  # how long this process trusts a time-out or an interrupt before checking again
 
 
 class CheckFailed(RuntimeError):
@@ -86,62 +98,106 @@ def build_identity() -> dict:
     return {"version": version, "libraries": digest.hexdigest()[:16], "cmake_args": cmake_args}
 
 
+@lru_cache(maxsize=1)
+def machine_identity() -> dict:
+    """What decides whether a build faults here: the architecture, CPU flags and OS-granted state."""
+    machine = cpu.read_machine()
+    return {
+        "arch": machine.x86_64,
+        "flags": sorted(machine.flags),
+        "xstate": machine.xstate,
+        "amx": machine.amx_granted,
+    }
+
+
 def check_key(model_path: str, llama_kwargs: dict) -> str:
     stat = os.stat(model_path)
     identity = {
         "model": [os.path.abspath(model_path), stat.st_size, stat.st_mtime_ns],
         "build": build_identity(),
+        "machine": machine_identity(),
         "run": {k: v for k, v in sorted(llama_kwargs.items()) if k != "model_path"},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
 class ModelChecker:
-    """Runs and remembers self-checks (and conversions) under `state_dir`; one at a time in this process."""
+    """Runs and remembers self-checks (and conversions) under `state_dir`; one at a time per home."""
 
     def __init__(self, state_dir: Path | None, timeout_s: float) -> None:
         self.state_dir = state_dir
         self.record_dir = state_dir / "checks" if state_dir else None
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
-        self._seen: dict[str, CheckResult] = {}  # for a process without a home to remember in
+        self._seen: dict[str, CheckResult] = {}  # this process's memory (all it has without a home)
+        self._not_converted: dict[str, str] = {}  # source -> why its conversion failed (run it as stored)
 
     def ensure(self, model_path: str, llama_kwargs: dict) -> CheckResult:
         """The check's result for this model and build, from memory or run now; raises `CheckFailed`."""
         key = check_key(model_path, llama_kwargs)
-        with self._lock:
-            result = self._recall(key) or self._remember(run_check(model_path, llama_kwargs, key, self.timeout_s))
+        with self._lock, self._home_lock(key):
+            result = self._recall(key)  # again under the lock: another process may have just checked
+            if result is None:
+                result = self._remember(run_check(model_path, llama_kwargs, key, self.timeout_s))
         if not result.ok:
             raise CheckFailed(result.detail)
         return result
 
+    def forget(self, model_path: str, llama_kwargs: dict) -> None:
+        """Drop the remembered result, so the next `ensure` checks again (`cove model-check --recheck`)."""
+        key = check_key(model_path, llama_kwargs)
+        with self._lock:
+            self._seen.pop(key, None)
+            path = self._path(key)
+            if path is not None:
+                path.unlink(missing_ok=True)
+
     def prepare(self, model_path: str, max_mb: int) -> str:
         """The file to run: `model_path`, or its Q8_0 copy where its format is slow on x86 (made now,
-        in a child process, the first time). Without a state folder the file runs as it is."""
+        in a child process, the first time). The copy is only a speed-up: where it cannot be made
+        (no home, a full disk, a failed child), the file runs as it is and the reason is logged."""
         from cove import model_format
 
         source = Path(model_path)
-        if self.state_dir is None or not model_format.needs_conversion(source, max_mb):
+        if self.state_dir is None or model_path in self._not_converted:
+            return model_path
+        if not model_format.needs_conversion(source, max_mb):
             return model_path
         target = self.state_dir / model_format.converted_name(source)
-        with self._lock:
-            if not target.exists():
+        with self._lock, self._home_lock(target.name):
+            if target.exists():
+                return str(target)
+            partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+            try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_suffix(f".{os.getpid()}.part")
                 failure = run_child(["convert", str(source), str(partial)], self.timeout_s, source.name, "convert it")
-                if failure or not partial.exists():
-                    partial.unlink(missing_ok=True)
-                    no_output = explain(source.name, "could not be converted to Q8_0 (no output)")
-                    raise CheckFailed(failure.explanation if failure else no_output)
-                partial.replace(target)  # whole or not at all
-        return str(target)
+                if failure is None and partial.exists():
+                    partial.replace(target)  # whole or not at all
+                    return str(target)
+                why = failure.explanation if failure else "the converter wrote nothing"
+            except OSError as err:
+                why = f"cannot write the copy: {err}"
+            try:
+                partial.unlink(missing_ok=True)
+            except OSError:  # its folder is not there either
+                pass
+            log.warning("running %s as stored (no Q8_0 copy): %s", source.name, why)
+            self._not_converted[model_path] = why
+            return model_path
+
+    def _home_lock(self, name: str):
+        """An exclusive lock file per key under the home, so processes sharing it check once."""
+        return _FileLock(self.record_dir / f"{name}.lock" if self.record_dir else None)
 
     def _path(self, key: str) -> Path | None:
         return self.record_dir / f"{key}.json" if self.record_dir else None
 
     def _recall(self, key: str) -> CheckResult | None:
         if key in self._seen:
-            return self._seen[key]
+            result = self._seen[key]
+            if result.lasting or time.time() - result.checked_at < TRANSIENT_MEMORY_S:
+                return result
+            del self._seen[key]  # a time-out long ago: check again
         path = self._path(key)
         if path is None or not path.exists():
             return None
@@ -153,12 +209,36 @@ class ModelChecker:
     def _remember(self, result: CheckResult) -> CheckResult:
         self._seen[result.key] = result
         path = self._path(result.key)
-        if path is not None and result.lasting:  # a time-out is checked again by the next process
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(asdict(result), indent=2))
-            temporary.replace(path)
+        if path is not None and result.lasting:  # a time-out is checked again later
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            try:
+                temporary.write_text(json.dumps(asdict(result), indent=2))
+                temporary.replace(path)
+            except OSError as err:  # a read-only or full home: this process still remembers it
+                log.warning("cannot record the model check in %s: %s", path.parent, err)
         return result
+
+
+class _FileLock:
+    """``with _FileLock(path):`` holds an exclusive flock on `path` (nothing when `path` is None)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.handle = path, None
+
+    def __enter__(self) -> _FileLock:
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.handle = open(self.path, "a")  # noqa: SIM115 (held until __exit__)
+                fcntl.flock(self.handle, fcntl.LOCK_EX)
+            except OSError as err:  # a read-only home: check without the cross-process lock
+                log.warning("no lock for the model check at %s: %s", self.path, err)
+                self.handle = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.close()  # releases the lock
 
 
 def run_check(model_path: str, llama_kwargs: dict, key: str, timeout_s: float) -> CheckResult:
@@ -172,13 +252,17 @@ def run_check(model_path: str, llama_kwargs: dict, key: str, timeout_s: float) -
     if failure:
         return CheckResult(False, key, name, seconds, failure.explanation, lasting=not failure.transient,
                            checked_at=time.time())  # fmt: skip
-    return CheckResult(True, key, name, seconds, checked_at=time.time(), **json.loads(report[0]))
+    speeds = json.loads(report[0])
+    if not isinstance(speeds, dict) or set(speeds) != {"prefill_tokens_per_s", "decode_tokens_per_s"}:
+        detail = explain(name, "ended its check without its report (an unexpected llama-cpp-python?)")
+        return CheckResult(False, key, name, seconds, detail, checked_at=time.time())
+    return CheckResult(True, key, name, seconds, checked_at=time.time(), **speeds)
 
 
 @dataclass
 class ChildFailure:
     explanation: str  # the whole message for the user
-    transient: bool = False  # a time-out or a kill (out of memory?) may not happen again
+    transient: bool = False  # a time-out, a kill (out of memory?) or an interrupt may not happen again
 
 
 def run_child(
@@ -203,7 +287,7 @@ def run_child(
     if child.returncode < 0:
         signal_name = _signal_name(-child.returncode)
         what = f"crashed with {signal_name} while trying to {doing}"
-        return ChildFailure(explain(model_name, what), transient=-child.returncode == signal.SIGKILL)
+        return ChildFailure(explain(model_name, what), transient=-child.returncode not in LASTING_SIGNALS)
     last = [line for line in child.stderr.strip().splitlines() if line.strip()][-3:]
     why = " ".join(last)[-400:] or "no message"
     return ChildFailure(explain(model_name, f"failed (exit status {child.returncode}): {why}"))
@@ -227,12 +311,16 @@ def _signal_name(number: int) -> str:
 def explain(model_name: str, what: str) -> str:
     """The whole message: what failed, on which machine and build, and the command that fixes it."""
     build = build_identity()
-    flags = build["cmake_args"] or "not recorded: not built by scripts/install.sh (a native build?)"
+    if build["cmake_args"]:  # built by scripts/install.sh for this machine: the same flags would fault again
+        flags = build["cmake_args"]
+        fix = f"the safest build, `{PORTABLE_FIX_COMMAND}` (or `{FIX_COMMAND}` if this venv came from another machine)"
+    else:
+        flags = "flags not recorded: not built by scripts/install.sh (a -march=native build?)"
+        fix = f"rebuild llama.cpp for this CPU with `{FIX_COMMAND}` (or, the safest build, `{PORTABLE_FIX_COMMAND}`)"
     return (
         f"The local model {model_name} {what}, in Cove's self-check process (Cove itself is unaffected). "
         f"This machine: {cpu.describe()}. llama-cpp-python {build['version']} built with {flags}. "
-        f"Fix: rebuild llama.cpp for this CPU with `{FIX_COMMAND}` (or, the safest build, "
-        f"`{PORTABLE_FIX_COMMAND}`); Cove checks the new build by itself. Or use a model server "
+        f"Fix: {fix}; Cove checks a new build by itself (`cove model-check` tells). Or use a model server "
         "(--openai-url)."
     )
 

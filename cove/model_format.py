@@ -92,9 +92,9 @@ def converted_name(source: Path) -> str:
 
 def needs_conversion(source: Path, max_mb: int) -> str | None:
     """The slow format's name if `source` should run as a Q8_0 copy, else None."""
-    if source.stat().st_size > max_mb << 20:
-        return None
     try:
+        if source.stat().st_size > max_mb << 20:
+            return None
         return SLOW_ON_X86.get(gguf_file_type(source))
     except (NotGGUF, OSError, struct.error):
         return None  # llama.cpp itself will say what is wrong with the file
@@ -107,7 +107,7 @@ def convert(source: str, target: str) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = TARGET_FTYPE
     params.allow_requantize = True  # the source is already quantized: that is the point
-    params.nthread = max(1, len(os.sched_getaffinity(0)))
+    params.nthread = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     status = llama_cpp.llama_model_quantize(source.encode(), target.encode(), params)
     if status != 0:
         raise RuntimeError(f"llama.cpp could not convert {source} (status {status})")

@@ -16,11 +16,11 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -c constraints.txt "torch==2.13.0"
 # The llama.cpp build: reinstalled whenever the wheel for this machine's flags is not the one in the
 # venv (a venv copied from another machine, a changed flag set, --rebuild-llama).
-rebuild=()
-[ "${1:-}" = "--rebuild-llama" ] && rebuild=(--rebuild)
-wheel=$(PYTHON=python scripts/llama-build.sh "${rebuild[@]}")
+rebuild=""
+[ "${1:-}" = "--rebuild-llama" ] && rebuild="--rebuild"
+wheel=$(PYTHON=python scripts/llama-build.sh $rebuild)
 stamp=.venv/cove-llama-build.txt
-if [ "$(cat "$stamp" 2>/dev/null)" != "$wheel" ] || ! python -c "import llama_cpp" 2>/dev/null; then
+if [ -n "$rebuild" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wheel" ] || ! python -c "import llama_cpp" 2>/dev/null; then
   python -m pip install --quiet --no-cache-dir --force-reinstall --no-deps "$wheel"
   cp "$(dirname "$wheel")/cmake-args.txt" .venv/cove-llama-cmake-args.txt
   echo "$wheel" >"$stamp"

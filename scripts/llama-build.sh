@@ -26,9 +26,8 @@ export CMAKE_ARGS
 key=$("$PYTHON" cove/cpu.py key "$version")
 cache=${COVE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cove/wheels}
 dir="$cache/llama-cpp-python-$version-$key"
-if [ "$rebuild" -eq 1 ]; then rm -rf "$dir"; fi
 wheel=$(ls "$dir"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)
-if [ -z "$wheel" ]; then
+if [ -z "$wheel" ] || [ "$rebuild" -eq 1 ]; then  # the old wheel stays until the new one is whole
   echo "Building llama-cpp-python $version for this CPU (about 10 minutes on 2 cores):" >&2
   echo "  CMAKE_ARGS=$CMAKE_ARGS" >&2
   tmp=$(mktemp -d "$cache.tmp.XXXXXX" 2>/dev/null || { mkdir -p "$cache"; mktemp -d "$cache.tmp.XXXXXX"; })
@@ -40,7 +39,7 @@ if [ -z "$wheel" ]; then
   printf '%s\n' "$CMAKE_ARGS" >"$tmp/cmake-args.txt"
   mkdir -p "$cache"
   rm -rf "$dir"
-  mv "$tmp" "$dir"  # whole or not at all: an interrupted build leaves no wheel behind
+  mv -T "$tmp" "$dir"  # whole or not at all: an interrupted build leaves the previous wheel or none
   trap - EXIT
   wheel=$(ls "$dir"/llama_cpp_python-*.whl | head -n1)
 fi

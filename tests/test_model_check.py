@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,7 @@ import pytest
 from conftest import FIXTURES, ROOT
 from servers import CoveApiServer
 
-from cove import cpu, model_format
+from cove import cpu, model_check, model_format
 from cove.llm import LlamaCppModel, ModelCrashed, llama_kwargs, resolve_model_path
 from cove.model_check import FIX_COMMAND, CheckFailed, ModelChecker
 from cove.settings import BUNDLED_CHAT_MODEL, load_settings
@@ -213,14 +214,41 @@ def test_illegal_instruction_and_hang_are_reported(faulty_llama, tmp_path):
     faulty_llama("ill")
     with pytest.raises(CheckFailed, match=r"SIGILL \(an instruction this CPU does not have\)"):
         ModelChecker(tmp_path / "a", timeout_s=120).ensure(path, kwargs)
+    assert len(list((tmp_path / "a" / "checks").glob("*.json"))) == 1  # a fault is written down
     faulty_llama("hang")
     checker = ModelChecker(tmp_path / "b", timeout_s=15)
     with pytest.raises(CheckFailed, match="did not generate 4 tokens within 15 s"):
         checker.ensure(path, kwargs)
-    with pytest.raises(CheckFailed, match="within 15 s"):  # this process does not wait again
+    started = time.monotonic()
+    with pytest.raises(CheckFailed, match="within 15 s"):  # this process does not wait again...
         checker.ensure(path, kwargs)
-    # A time-out may be a busy machine: it is not written down, the next process checks again.
+    assert time.monotonic() - started < 5
+    # ...but a time-out may be a busy machine: it is not written down, the next process checks again.
     assert not list((tmp_path / "b" / "checks").glob("*.json"))
+    faulty_llama("term")  # an interrupt (Ctrl-C, systemd stopping the group) is no verdict on the build
+    with pytest.raises(CheckFailed, match="SIGTERM"):
+        ModelChecker(tmp_path / "c", timeout_s=120).ensure(path, kwargs)
+    assert not list((tmp_path / "c" / "checks").glob("*.json"))
+
+
+def test_check_key_names_the_model_the_build_the_machine_and_the_settings(monkeypatch, tmp_path):
+    path, kwargs = bundled()
+    key = model_check.check_key(path, kwargs)
+    assert key == model_check.check_key(path, dict(kwargs))
+    assert key != model_check.check_key(path, {**kwargs, "n_threads": 1})
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(path, copy)
+    assert key != model_check.check_key(str(copy), kwargs)
+    other_host = {**model_check.machine_identity(), "flags": ["avx2"], "xstate": 0x207}
+    monkeypatch.setattr(model_check, "machine_identity", lambda: other_host)
+    assert key != model_check.check_key(path, kwargs)  # a home shared with another host checks again
+
+
+def test_a_copy_that_cannot_be_made_runs_the_file_as_stored(tmp_path):
+    blocked = tmp_path / "models"
+    blocked.write_text("a file where the folder should be")
+    path, _ = bundled()
+    assert ModelChecker(blocked, timeout_s=60).prepare(path, 1024) == path
 
 
 @pytest.mark.slow
@@ -341,8 +369,8 @@ def test_chat_app_shows_the_error_and_goes_on(library_copy, faulty_llama, monkey
 
 @pytest.mark.slow
 def test_cove_model_check_reports_the_machine_and_the_verdict(tmp_path, faulty_llama):
-    def run(home: Path, env: dict) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "app.cli", "model-check", "--json"]
+    def run(home: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "app.cli", "model-check", "--json", *extra]
         env = {**os.environ, **env, "COVE_HOME": str(home)}
         return subprocess.run(command, cwd=ROOT, timeout=600, env=env, capture_output=True, text=True)
 
@@ -353,3 +381,6 @@ def test_cove_model_check_reports_the_machine_and_the_verdict(tmp_path, faulty_l
     crashing = run(tmp_path / "b", faulty_llama("segv"))
     report = json.loads(crashing.stdout)
     assert crashing.returncode == 3 and not report["ok"] and "SIGSEGV" in report["error"]
+    fixed = {"PYTHONPATH": str(ROOT), "COVE_TEST_LLAMA_FAULT": ""}  # the build "fixed" by hand
+    assert run(tmp_path / "b", fixed).returncode == 3  # the crash is remembered...
+    assert run(tmp_path / "b", fixed, "--recheck").returncode == 0  # ...until --recheck forgets it
