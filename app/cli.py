@@ -151,7 +151,7 @@ def ingest(
     )
     chosen, bad = src.collect_sources(from_ or [], url or [], arxiv or [], reading_list or [])
     for export in [*(bibtex or []), *(zotero or [])]:
-        chosen, bad = _add_references(export, chosen, bad)
+        chosen, bad = _add_references(export, chosen, bad, settings.ingest.allowed_roots)
     # --rebuild alone: the known documents only
     if not (from_ or url or arxiv or reading_list or bibtex or zotero or rebuild):
         chosen = src.curated_reading_list()
@@ -175,12 +175,13 @@ def ingest(
     raise typer.Exit(code=1 if report.failed else 0)
 
 
-def _add_references(export: Path, chosen: list, bad: list) -> tuple[list, list]:
-    """The entries of a BibTeX / Zotero export added to the sources; an unreadable export is one bad input."""
+def _add_references(export: Path, chosen: list, bad: list, roots: list[Path]) -> tuple[list, list]:
+    """The entries of a BibTeX / Zotero export added to the sources; an unreadable export is one bad input.
+    Attached files are read inside the export's folder and `roots` (ingest.allowed_roots) only."""
     from ingest.refmanagers import ReferenceError, load_references
 
     try:
-        found, problems = load_references(export)
+        found, problems = load_references(export, roots)
     except ReferenceError as err:
         return chosen, [*bad, (str(export), str(err))]
     return chosen + found, bad + problems
@@ -523,8 +524,13 @@ def mcp(
 
     settings = _settings(home, api={"mcp_port": port}, model=_model_options(model, openai_url))
     if http:
-        console.print(f"Cove MCP: http://127.0.0.1:{settings.api.mcp_port}/mcp  (library: {settings.home_dir})")
-        run_http(settings)
+        import secrets
+
+        token = settings.api.token or secrets.token_urlsafe(24)
+        shown = "COVE_API__TOKEN" if settings.api.token else token
+        console.print(f"Cove MCP: http://127.0.0.1:{settings.api.mcp_port}/mcp  (library: {settings.home_dir})\n"
+                      f"Clients send the header  Authorization: Bearer {shown}", highlight=False)  # fmt: skip
+        run_http(settings, token)
     else:
         run_stdio(settings)
 

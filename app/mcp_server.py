@@ -13,11 +13,14 @@ Resources: `cove://papers/{doc_id}` (a document: title, source, pages, and its p
 
 `cove mcp` speaks stdio (the SDK points fd 1 at stderr while serving, so progress output of the
 models never corrupts the protocol); `cove mcp --http` serves streamable HTTP on 127.0.0.1 only,
-with the SDK's DNS-rebinding protection. Like `cove serve`, one `cove.library` service per process.
+with the SDK's DNS-rebinding protection and a bearer token on every request (`api.token`, or one
+generated and printed at start). `add_paper` reads local paths only inside `ingest.allowed_roots`.
+Like `cove serve`, one `cove.library` service per process.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -157,6 +160,32 @@ def run_stdio(settings: CoveSettings) -> None:
     build_server(settings).run("stdio")
 
 
-def run_http(settings: CoveSettings) -> None:
-    """Streamable HTTP on 127.0.0.1 only (the SDK then refuses foreign Host and Origin headers)."""
-    build_server(settings).run("streamable-http", host="127.0.0.1", port=settings.api.mcp_port)
+def run_http(settings: CoveSettings, token: str) -> None:
+    """Streamable HTTP on 127.0.0.1 only (the SDK then refuses foreign Host and Origin headers), and
+    every request must carry `token` as a bearer token: any local process (or web page) could
+    otherwise call add_paper and read back what it added."""
+    import uvicorn
+
+    app = build_server(settings).streamable_http_app(host="127.0.0.1")
+    uvicorn.run(BearerToken(app, token), host="127.0.0.1", port=settings.api.mcp_port, log_level="warning")
+
+
+class BearerToken:
+    """ASGI middleware: HTTP requests without ``Authorization: Bearer <token>`` get 401."""
+
+    def __init__(self, app, token: str) -> None:
+        if not token:
+            raise ValueError("the MCP HTTP transport needs a token")
+        self.app, self.token = app, token.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            scheme, _, value = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token):
+                body = json.dumps({"error": "Missing or wrong token (Authorization: Bearer <token>)."}).encode()
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

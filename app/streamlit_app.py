@@ -28,7 +28,7 @@ from cove.catalog import parse_summary
 from cove.chat import ChatService, LibraryStatus, friendly_error
 from cove.conversations import Message, answer_note, correction_text, export_markdown
 from cove.settings import BUNDLED_CHAT_MODEL, CoveSettings, load_settings
-from cove.untrusted import resolve_inside
+from cove.untrusted import allowed_paths
 
 STAGE_LABELS = {
     ev.Stage.RETRIEVE: "Searching the library…",
@@ -337,7 +337,7 @@ def add_papers_form(svc: ChatService) -> None:
 def add_papers(svc: ChatService, items: list[str], paths: list[str], uploads: list) -> None:
     from ingest.sources import SourceError, collect_sources, from_upload
 
-    allowed, bad = allowed_paths(paths, svc.settings.app.local_roots)
+    allowed, bad = allowed_paths(paths, svc.settings.app.local_roots, "app.local_roots")
     sources, problems = collect_sources(paths=allowed, items=items)
     bad += problems
     limit = svc.settings.app.max_upload_mb * 2**20
@@ -350,21 +350,6 @@ def add_papers(svc: ChatService, items: list[str], paths: list[str], uploads: li
         st.session_state.ingest_report = {"errors": ["Nothing to add: type an arXiv id or URL, or pick a PDF."]}
         return
     run_ingest(svc, sources, bad)
-
-
-def allowed_paths(paths: list[str], roots: list) -> tuple[list[str], list[tuple[str, str]]]:
-    """The typed paths that resolve (symlinks followed) inside `app.local_roots`, and a reason for the rest."""
-    allowed, refused = [], []
-    for path in paths:
-        real = resolve_inside(path, roots) if roots else None
-        if real is not None:
-            allowed.append(str(real))
-        elif not roots:
-            refused.append((path, "this app adds files by upload only (set app.local_roots to allow folders)"))
-        else:
-            where = ", ".join(str(r) for r in roots)
-            refused.append((path, f"not found inside the folders this app may read ({where})"))
-    return allowed, refused
 
 
 def run_ingest(svc: ChatService, sources: list, bad: list[tuple[str, str]]) -> None:

@@ -186,12 +186,18 @@ class LibraryService:
         paths: Sequence[str] = (),
         progress: Callable[[Any], None] | None = None,
     ) -> dict[str, Any]:
-        """Ingest arXiv ids / URLs (`items`) and local files or folders (`paths`); the ingest report."""
+        """Ingest arXiv ids / URLs (`items`) and local files or folders (`paths`); the ingest report.
+
+        A path is read only if it resolves (symlinks followed) inside `ingest.allowed_roots`: the API
+        and MCP clients that call this are not the user at the keyboard, and a prompt-injected agent
+        must not be able to index (and then read back) any file on the disk."""
+        from cove.untrusted import allowed_paths
         from ingest.pipeline import ingest
         from ingest.sources import collect_sources
 
-        sources, bad = collect_sources(paths=list(paths), items=list(items))
-        return report_json(ingest(sources, self.settings, progress, bad_inputs=bad))
+        readable, refused = allowed_paths(paths, self.settings.ingest.allowed_roots, "ingest.allowed_roots")
+        sources, bad = collect_sources(paths=readable, items=list(items))
+        return report_json(ingest(sources, self.settings, progress, bad_inputs=refused + bad))
 
     def add_upload(self, name: str, data: bytes, max_bytes: int) -> dict[str, Any]:
         """Ingest an uploaded PDF (saved under the data directory's uploads); the ingest report."""

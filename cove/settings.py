@@ -381,6 +381,18 @@ class AppSettings(BaseModel):
     )
 
 
+class IngestSettings(BaseModel):
+    """What the long-running surfaces may read from this machine's disk."""
+
+    allowed_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders whose files `cove serve` and `cove mcp` (add_paper) may add to the library by path, "
+        "symlinks resolved (JSON list in the env, e.g. COVE_INGEST__ALLOWED_ROOTS='[\"~/papers\"]'). Empty: "
+        "they read no local path (URLs, arXiv ids and uploads still work). `cove ingest --from` reads what its "
+        "own command line names.",
+    )
+
+
 class ApiSettings(BaseModel):
     """The HTTP API (`cove serve`) and the MCP server over HTTP (`cove mcp --http`)."""
 
@@ -394,7 +406,8 @@ class ApiSettings(BaseModel):
     token: str = Field(
         "",
         description="Bearer token clients must send (Authorization: Bearer TOKEN). Required when `host` is "
-        "not a loopback address; when set, required on loopback too.",
+        "not a loopback address; when set, required on loopback too. `cove mcp --http` always requires one: "
+        "this token, or one it generates and prints at start.",
     )
     max_request_kb: int = Field(512, ge=1, description="Largest JSON request body, in kilobytes.")
     max_upload_mb: int = Field(64, ge=1, description="Largest upload (POST /api/documents, multipart), in megabytes.")
@@ -422,6 +435,7 @@ class CoveSettings(BaseSettings):
     quotes: QuoteSettings = Field(default_factory=QuoteSettings, description="Choosing quoted sentences.")
     app: AppSettings = Field(default_factory=AppSettings, description="The web chat app.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="The HTTP API and MCP server.")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="Paths the servers may read.")
 
     # --- derived paths: everything lives under `home` -------------------------------------------
     @property

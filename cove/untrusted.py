@@ -80,6 +80,22 @@ def plain_text(text: str, limit: int) -> str:
     return line if len(line) <= limit else line[: limit - 1].rstrip() + "\u2026"
 
 
+def allowed_paths(paths, roots: list, setting: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The paths that resolve (symlinks followed) inside `roots`, and (path, reason) for the rest;
+    `setting` names where the roots are configured, for the reason."""
+    allowed, refused = [], []
+    for path in paths:
+        real = resolve_inside(path, roots) if roots else None
+        if real is not None:
+            allowed.append(str(real))
+        elif not roots:
+            refused.append((str(path), f"no local folder may be read from here (set {setting} to allow some)"))
+        else:
+            where = ", ".join(str(r) for r in roots)
+            refused.append((str(path), f"not found inside the folders that may be read ({where}; {setting})"))
+    return allowed, refused
+
+
 def resolve_inside(path: Path | str, roots: list[Path]) -> Path | None:
     """`path` with symlinks resolved, if it lies inside one of `roots` (also resolved); else None."""
     try:

@@ -6,7 +6,9 @@ Each entry becomes a `Source` carrying its citekey (kept on the document in the 
 its citations), its title, authors and year. What is fetched, first that applies:
 
 1. an attached file (`file` field) that exists: the user's own copy, no network request (paths are
-   relative to the export file);
+   relative to the export file). The file must resolve (symlinks followed) inside the export's
+   folder or one of `ingest.allowed_roots` (Zotero's storage folder, say): an export is a document
+   from elsewhere, and ``file = {../../.ssh/notes.txt}`` must not index what it points at;
 2. an arXiv id (`eprint` with `archivePrefix = {arXiv}`, a journal or note like "arXiv:2106.09685",
    an arxiv.org URL, or an arXiv DOI 10.48550/arXiv.…): the paper from arXiv;
 3. a DOI: its https://doi.org/ link (the publisher's page; many are paywalled and fail with a reason);
@@ -62,8 +64,9 @@ def read_export(path: Path) -> str:
         raise ReferenceError(f"cannot read {path}: {err.strerror or err}") from err
 
 
-def load_references(path: Path) -> tuple[list[Source], list[tuple[str, str]]]:
-    """Sources for every entry of a BibTeX or Zotero export, plus (entry, reason) for the rest."""
+def load_references(path: Path, roots: list[Path] = ()) -> tuple[list[Source], list[tuple[str, str]]]:
+    """Sources for every entry of a BibTeX or Zotero export, plus (entry, reason) for the rest.
+    Attached files are read inside the export's folder and `roots` only."""
     from ingest import bibtex, zotero
 
     path = Path(path).expanduser()
@@ -73,16 +76,16 @@ def load_references(path: Path) -> tuple[list[Source], list[tuple[str, str]]]:
     sources: list[Source] = []
     for reference in references:
         try:
-            sources.append(to_source(reference, path.resolve().parent))
+            sources.append(to_source(reference, path.resolve().parent, list(roots)))
         except SourceError as err:
             bad.append((f"{path.name}: {reference.citekey or '(no citekey)'}", str(err)))
     return dedupe(sources), bad
 
 
-def to_source(reference: Reference, base_dir: Path) -> Source:
+def to_source(reference: Reference, base_dir: Path, roots: list[Path] = ()) -> Source:
     """The document an entry names (see the module docstring for the order), with its citekey."""
     arxiv_id = reference.arxiv_id or _arxiv_from_links(reference)
-    local, missing = _attached_file(reference.files, base_dir)
+    local, missing, outside = _attached_file(reference.files, base_dir, [base_dir, *roots])
     if local is not None:
         source = from_path(local)
         if arxiv_id and not source.arxiv_id:  # the same paper as its arXiv copy: one document
@@ -93,6 +96,10 @@ def to_source(reference: Reference, base_dir: Path) -> Source:
         source = from_url(f"https://doi.org/{reference.doi}")
     elif reference.urls:
         source = from_url(reference.urls[0])
+    elif outside:
+        raise SourceError(
+            f"attached file outside the export's folder: {outside[0]} (add its folder to ingest.allowed_roots)"
+        )
     elif missing:
         raise SourceError(f"attached file not found: {missing[0]}")
     else:
@@ -132,21 +139,27 @@ def _arxiv_from_links(reference: Reference) -> str:
     return ""
 
 
-def _attached_file(files: list[str], base_dir: Path) -> tuple[Path | None, list[str]]:
-    """The best attached file that exists (a PDF first), and the ones named but missing."""
+def _attached_file(files: list[str], base_dir: Path, roots: list[Path]) -> tuple[Path | None, list[str], list[str]]:
+    """The best attached file that exists inside `roots` (a PDF first), the ones named but missing,
+    and the ones that exist outside `roots` (never read)."""
+    from cove.untrusted import resolve_inside
+
     existing: list[Path] = []
     missing: list[str] = []
+    outside: list[str] = []
     for written in files:
         path = Path(written).expanduser()
         path = path if path.is_absolute() else base_dir / path
         if path.suffix.lower() not in LOCAL_KINDS:
             continue  # e.g. a Zotero snapshot's .png, or a file type Cove does not read
-        if path.is_file():
-            existing.append(path)
-        else:
+        if not path.is_file():
             missing.append(written)
+        elif (inside := resolve_inside(path, roots)) is not None:
+            existing.append(inside)
+        else:
+            outside.append(written)
     existing.sort(key=lambda p: p.suffix.lower() != ".pdf")
-    return (existing[0] if existing else None), missing
+    return (existing[0] if existing else None), missing, outside
 
 
 def split_names(value: str) -> list[str]:

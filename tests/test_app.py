@@ -205,7 +205,7 @@ def test_local_paths_are_added_only_from_configured_roots(cove_home, monkeypatch
     for path in (elsewhere / "diary.md", root / "escape" / "diary.md", root / ".." / "private"):
         at.text_input(key="add_folder").set_value(str(path))
         at.button(key="add_papers").click().run()
-        assert any("not found inside the folders this app may read" in e.value for e in at.error), path
+        assert any("not found inside the folders that may be read" in e.value for e in at.error), path
     at.text_input(key="add_folder").set_value(str(root / "notes.md"))
     at.button(key="add_papers").click().run()
     assert any("Added 1" in s.value for s in at.success)

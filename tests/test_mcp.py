@@ -25,10 +25,11 @@ def library_copy(small_library, tmp_path):
     return home
 
 
-def cove_mcp(home) -> mcp.client.stdio.StdioServerParameters:
+def cove_mcp(home, roots: tuple = ()) -> mcp.client.stdio.StdioServerParameters:
     from mcp.client.stdio import StdioServerParameters
 
-    env = {"COVE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {"COVE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "COVE_INGEST__ALLOWED_ROOTS": json.dumps([str(r) for r in roots])}  # fmt: skip
     return StdioServerParameters(command=sys.executable, args=["-m", "app.cli", "mcp"], cwd=str(ROOT), env=env)
 
 
@@ -38,14 +39,20 @@ def structured(result) -> dict:
 
 
 def test_mcp_client_over_stdio(library_copy, tmp_path):
-    note = tmp_path / "rope-notes.md"
+    papers, private = tmp_path / "papers", tmp_path / "private"
+    papers.mkdir()
+    private.mkdir()
+    note = papers / "rope-notes.md"
     shutil.copy(FIXTURES / "notes.md", note)
+    secret = private / "private-notes.txt"
+    secret.write_text("The password is hunter2-mcp. " * 20)
+    (papers / "escape").symlink_to(private)  # inside the allowed folder, leading out of it
 
     async def session() -> dict:
         from mcp import Client
 
         seen: dict = {}
-        async with Client(cove_mcp(library_copy), read_timeout_seconds=600) as client:
+        async with Client(cove_mcp(library_copy, roots=(papers,)), read_timeout_seconds=600) as client:
             seen["tools"] = {t.name: t for t in (await client.list_tools()).tools}
             seen["answer"] = structured(
                 await client.call_tool(
@@ -60,6 +67,10 @@ def test_mcp_client_over_stdio(library_copy, tmp_path):
             seen["search"] = structured(await client.call_tool("search_papers", {"query": "LoRA rank", "k": 3}))
             seen["added"] = structured(await client.call_tool("add_paper", {"url_or_path": str(note)}))
             seen["missing"] = structured(await client.call_tool("add_paper", {"url_or_path": "/no/such/paper.pdf"}))
+            seen["outside"] = [
+                structured(await client.call_tool("add_paper", {"url_or_path": str(path)}))
+                for path in (secret, papers / "escape" / "private-notes.txt", private, papers / ".." / "private")
+            ]
             seen["papers"] = structured(await client.call_tool("list_papers", {}))["papers"]
             seen["resources"] = [str(r.uri) for r in (await client.list_resources()).resources]
             page = await client.read_resource("cove://papers/arxiv-1706.03762/pages/5")
@@ -80,10 +91,14 @@ def test_mcp_client_over_stdio(library_copy, tmp_path):
     assert [h["doc_id"] for h in seen["search"]["hits"]][0] == "arxiv-2106.09685"
 
     assert seen["added"]["ingested"] == 1, seen["added"]
-    assert seen["missing"]["failed"] == 1 and "no such file" in seen["missing"]["results"][0]["reason"]
+    assert seen["missing"]["failed"] == 1 and "not found inside" in seen["missing"]["results"][0]["reason"]
+    for refused in seen["outside"]:  # a path outside ingest.allowed_roots is never read
+        assert refused["ingested"] == 0 and refused["failed"] == 1, refused
+        assert "ingest.allowed_roots" in refused["results"][0]["reason"]
     added_id = seen["added"]["results"][0]["doc_id"]
     assert added_id in {p["doc_id"] for p in seen["papers"]}
     assert f"cove://papers/{added_id}" in seen["resources"]
+    assert not [p for p in seen["papers"] if "private" in p["source"]]  # the secret was never indexed
 
     # The page resource is the indexed text of page 5 (where h = 8 is stated), without chunk overlaps twice.
     page = seen["page"]
@@ -112,7 +127,9 @@ def test_mcp_over_streamable_http_on_loopback(small_library, tmp_path):
     from servers import free_port
 
     port = free_port()
-    env = {**os.environ, "COVE_HOME": str(small_library.home_dir), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    token = "mcp-test-token"
+    env = {**os.environ, "COVE_HOME": str(small_library.home_dir), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           "COVE_API__TOKEN": token}  # fmt: skip
     log = (tmp_path / "mcp.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "app.cli", "mcp", "--http", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -128,19 +145,29 @@ def test_mcp_over_streamable_http_on_loopback(small_library, tmp_path):
                 time.sleep(0.3)
 
         async def session() -> tuple[set, list]:
+            import httpx2
             from mcp import Client
+            from mcp.client.streamable_http import streamable_http_client
 
-            async with Client(url, read_timeout_seconds=300) as client:
-                tools = {t.name for t in (await client.list_tools()).tools}
-                papers = structured(await client.call_tool("list_papers", {}))["papers"]
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=300) as http:
+                async with Client(streamable_http_client(url, http_client=http), read_timeout_seconds=300) as client:
+                    tools = {t.name for t in (await client.list_tools()).tools}
+                    papers = structured(await client.call_tool("list_papers", {}))["papers"]
             return tools, papers
 
         tools, papers = anyio.run(session)
         assert {"search_papers", "ask_papers", "list_papers", "add_paper"} <= tools
         assert {p["doc_id"] for p in papers} >= {"arxiv-1706.03762", "arxiv-2106.09685"}
+        # Without the token (or with a wrong one), not even initialize gets through.
+        client_info = {"name": "t", "version": "1"}
+        params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": client_info}
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+        accept = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
+            denied = httpx.post(url, json=initialize, headers={**accept, **headers}, timeout=30)
+            assert denied.status_code == 401, (headers, denied.status_code, denied.text[:200])
         # DNS rebinding: a request naming another host is refused by the SDK's transport security.
-        rebound = httpx.post(url, headers={"Host": "evil.example", "Content-Type": "application/json",
-                                           "Accept": "application/json, text/event-stream"},
+        rebound = httpx.post(url, headers={"Host": "evil.example", "Authorization": f"Bearer {token}", **accept},
                              content=b"{}", timeout=30)  # fmt: skip
         assert rebound.status_code in (400, 403, 421)
     finally:

@@ -198,3 +198,42 @@ def test_sources_panel_shows_the_citekey():
 
     at = AppTest.from_function(panel).run()
     assert at.markdown[0].value == "**\\[1\\] LoRA**, page 4 · @hu2021lora"  # Markdown-escaped (docs/security.md)
+
+
+def test_attached_files_outside_the_export_are_never_read(tmp_path):
+    export, private = tmp_path / "export", tmp_path / "private"
+    (export / "files").mkdir(parents=True)
+    private.mkdir()
+    (private / "private-notes.txt").write_text("The password is hunter2-bib. " * 20)
+    (private / "diary.md").write_text("# Diary\n\n" + "Private thoughts of the user. " * 20)
+    (export / "files" / "escape").symlink_to(private)  # inside the export, leading out of it
+    (export / "files" / "notes.md").write_text("# Notes\n\n" + "Rotary embeddings rotate queries and keys. " * 20)
+    bib = export / "refs.bib"
+    bib.write_text(
+        f"@misc{{abs, title={{A}}, file={{{private / 'private-notes.txt'}}}}}\n"
+        "@misc{up, title={B}, file={../private/diary.md}}\n"
+        "@misc{link, title={C}, file={files/escape/diary.md}}\n"
+        "@misc{ok, title={D}, file={files/notes.md}}\n"
+    )
+    sources, bad = load_references(bib)
+    assert [s.citekey for s in sources] == ["ok"]
+    reasons = dict(bad)
+    for key in ("abs", "up", "link"):
+        assert "outside the export's folder" in reasons[f"refs.bib: {key}"], reasons
+    # A folder the user allows (Zotero's storage, say) is read.
+    sources, bad = load_references(bib, [private])
+    keys = {s.citekey for s in sources}  # "up" and "link" name the same diary: one document
+    assert not bad and len(sources) == 3 and {"abs", "ok"} <= keys and keys & {"up", "link"}
+
+    # Through the real CLI: the private files are reported, never indexed.
+    home = tmp_path / "home"
+    env = {**os.environ, "COVE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "app.cli", "ingest", "--json", "--bibtex", str(bib)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    report = json.loads(run.stdout)
+    refused = [r for r in report["results"] if "outside the export's folder" in (r.get("reason") or "")]
+    assert run.returncode == 1 and report["ingested"] == 1 and len(refused) == 3, report
+    catalog = Catalog(home / "library.sqlite")
+    indexed = [(d.source, d.status) for d in catalog.all()]
+    catalog.close()
+    assert indexed == [("notes.md", "ok")], indexed
