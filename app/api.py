@@ -62,6 +62,7 @@ from cove.chat import LibraryEmpty
 from cove.conversations import citation_lines
 from cove.library import LibraryService, library_json, shared_service
 from cove.llm import ModelError
+from cove.lock import LibraryBusy
 from cove.settings import CoveSettings
 from cove.store import StoreUnavailable
 
@@ -77,15 +78,19 @@ SOURCES_HEADING = "\n\nSources:\n"
 class ApiError(Exception):
     """An error the client gets as {"error": {"message", "type", "code"}} with an HTTP status."""
 
-    def __init__(self, status: int, message: str, code: str, type_: str = "invalid_request_error") -> None:
+    def __init__(
+        self, status: int, message: str, code: str, type_: str = "invalid_request_error", retry_after: int = 0
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.type = status, message, code, type_
+        self.retry_after = retry_after  # seconds; sent as Retry-After when set
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": None}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def api_error(err: BaseException) -> ApiError:
@@ -98,6 +103,8 @@ def api_error(err: BaseException) -> ApiError:
         return ApiError(503, f"The model could not answer: {err}", "model_unavailable", "server_error")
     if isinstance(err, StoreUnavailable):
         return ApiError(503, f"The library cannot be searched: {err}", "store_unavailable", "server_error")
+    if isinstance(err, LibraryBusy):  # another writer holds the library: try again shortly
+        return ApiError(503, f"The library is busy: {err}", "library_busy", "server_error", retry_after=30)
     log.exception("request failed", exc_info=err)
     message = f"Internal error ({type(err).__name__}); see the server log."
     return ApiError(500, message, "internal_error", "server_error")
@@ -150,8 +157,17 @@ class Guard:
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
                 return ApiError(401, "Missing or wrong API token (Authorization: Bearer <token>).", "invalid_api_key")
         if scope["method"] in ("POST", "PUT", "PATCH"):
-            return self._size_problem(scope["path"], headers)
+            return self._type_problem(scope["path"], headers) or self._size_problem(scope["path"], headers)
         return None
+
+    @staticmethod
+    def _type_problem(path: str, headers: dict[str, str]) -> ApiError | None:
+        """Bodies are JSON (or a multipart upload to /api/documents). A text/plain or form POST is what
+        another page can send without a CORS preflight: refused, so no page can start work here."""
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json" or (path == "/api/documents" and kind == "multipart/form-data"):
+            return None
+        return ApiError(415, "Send the request body as application/json.", "unsupported_media_type")
 
     def _size_problem(self, path: str, headers: dict[str, str]) -> ApiError | None:
         length = headers.get("content-length")

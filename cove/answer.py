@@ -293,6 +293,9 @@ class AnswerEngine:
     ) -> Answer:
         emit = on_event or (lambda event: None)
         pipeline = pipeline or self.settings.answer.pipeline
+        # The history is the caller's (an API client's whole conversation): bounded like the question.
+        limits = self.settings.answer
+        history = bounded_history(history, limits.max_history_turns, limits.max_history_chars)
         started = time.perf_counter()
         meter = _Meter(self.settings.answer.deadline_s, self.clock)
         answer = Answer(id=id, question=question, answer="", refused=False, pipeline=pipeline)
@@ -698,6 +701,13 @@ def _quote_sentence(fix: Correction):
     from cove.compose import Sentence
 
     return Sentence(fix.replacement, fix.source, quoted=True)
+
+
+def bounded_history(history: list[dict[str, str]] | None, turns: int, chars: int) -> list[dict[str, str]]:
+    """The last `turns` turns of a conversation, each cut to `chars` characters."""
+    if not history or turns == 0:
+        return []
+    return [{**turn, "content": str(turn.get("content") or "")[:chars]} for turn in history[-turns:]]
 
 
 def _history_text(history: list[dict[str, str]] | None, turns: int = 4) -> str:

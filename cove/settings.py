@@ -287,6 +287,12 @@ class AnswerSettings(BaseModel):
     support_similarity: float = Field(
         0.45, description="Least cosine similarity between a sentence and the chunk it cites to count as supported."
     )
+    max_history_turns: int = Field(
+        8, ge=0, description="Most recent conversation turns an answer reads (older ones are dropped)."
+    )
+    max_history_chars: int = Field(
+        2000, ge=10, description="Characters kept of each conversation turn an answer reads (the rest is cut)."
+    )
     deadline_s: float = Field(
         600.0,
         gt=0,

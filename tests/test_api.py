@@ -221,3 +221,44 @@ def test_beyond_loopback_needs_a_token(small_library, tmp_path):
 
         authorized = openai.OpenAI(base_url=api.url + "/v1", api_key=TOKEN, max_retries=0)
         assert {m.id for m in authorized.models.list().data} == {"cove", "cove-baseline"}
+
+
+def test_only_json_bodies_start_work(server):
+    """A text/plain or form POST needs no CORS preflight, so any local page could send one: refused."""
+    body = b'{"url": "https://arxiv.org/abs/2106.09685"}'
+    for kind in ("text/plain", "application/x-www-form-urlencoded", ""):
+        sent = httpx.post(server.url + "/api/documents", content=body, headers={"content-type": kind}, timeout=30)
+        assert sent.status_code == 415 and sent.json()["error"]["code"] == "unsupported_media_type", kind
+    plain_ask = httpx.post(server.url + "/api/ask", content=b'{"question": "Why?"}',
+                           headers={"content-type": "text/plain;charset=UTF-8"}, timeout=30)  # fmt: skip
+    assert plain_ask.status_code == 415
+
+
+def test_a_busy_library_is_503_with_retry_after(library_copy_api, tmp_path):
+    from cove.lock import writer_lock
+
+    with CoveApiServer(library_copy_api, log=tmp_path / "serve.log") as api, writer_lock(library_copy_api, "test"):
+        busy = httpx.post(api.url + "/api/documents", json={"arxiv": "2106.09685"}, timeout=120)
+        assert busy.status_code == 503, busy.text
+        assert busy.json()["error"]["code"] == "library_busy" and busy.headers["retry-after"] == "30"
+        assert "test" in busy.json()["error"]["message"]  # who holds it
+        assert "Traceback" not in busy.text
+
+
+def test_history_is_bounded_like_the_question(server):
+    """A 470 KB history must not reach retrieval whole (it made retrieval 50x slower)."""
+    huge = "Tell me about attention heads in the Transformer base model please " * 1700  # 4 turns: 460 KB
+    history = [{"role": "user", "content": huge}, {"role": "assistant", "content": huge}] * 2
+    answer = httpx.post(server.url + "/api/ask", timeout=600, json={
+        "question": "and its decoder?", "history": history, "pipeline": "baseline"}).json()  # fmt: skip
+    assert answer.get("query", "").endswith("and its decoder?"), answer  # a follow-up: joined to the previous...
+    assert len(answer["query"]) <= 2000 + len(" and its decoder?")  # ...cut to answer.max_history_chars
+
+
+@pytest.fixture
+def library_copy_api(small_library, tmp_path):
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(small_library.home_dir, home)
+    return home
