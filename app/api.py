@@ -65,6 +65,7 @@ from cove.llm import ModelError
 from cove.lock import LibraryBusy
 from cove.settings import CoveSettings
 from cove.store import StoreUnavailable
+from cove.untrusted import answer_text
 
 log = logging.getLogger("cove.api")
 
@@ -274,7 +275,8 @@ def sources_markdown(answer: dict[str, Any], base_url: str) -> str:
 
 
 def completion_json(answer: dict[str, Any], model: str, base_url: str) -> dict[str, Any]:
-    text = answer["answer"] + sources_markdown(answer, base_url)
+    # Literal text: the quoted sentences are the documents' own, and clients render Markdown.
+    text = answer_text(answer["answer"], answer.get("citations", [])) + sources_markdown(answer, base_url)
     message = {"role": "assistant", "content": text, "citations": answer.get("citations", [])}
     message["refusal"] = answer["answer"] if answer.get("refused") else None
     return {
@@ -356,7 +358,7 @@ class CompletionStream:
         yield "data: [DONE]\n\n"
 
     def _answer(self, answer: dict[str, Any]) -> Iterator[str]:
-        for sentence in re.split(r"(?<=[.!?])\s+", answer["answer"]):
+        for sentence in re.split(r"(?<=[.!?])\s+", answer_text(answer["answer"], answer.get("citations", []))):
             if sentence:
                 yield self.chunk({"content": sentence + " "})
         sources = sources_markdown(answer, self.base_url)

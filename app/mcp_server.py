@@ -32,6 +32,7 @@ from mcp_types import Resource as MCPResource
 
 from cove.library import LibraryService, NotFound, library_json, shared_service
 from cove.settings import CoveSettings
+from cove.untrusted import answer_text
 
 INSTRUCTIONS = (
     "Cove is the user's private library of research papers. Use search_papers to find passages and "
@@ -107,7 +108,7 @@ class CoveMCP(MCPServer):
             except Exception as err:
                 raise _failure(err) from err
             return {
-                "answer": answer["answer"],
+                "answer": answer_text(answer["answer"], answer["citations"]),  # literal: hosts render Markdown
                 "refused": answer["refused"],
                 "mode": answer["mode"],
                 "citations": [citation_view(c) for c in answer["citations"]],

@@ -6,6 +6,7 @@ the chat app. Every front end (the Streamlit app, the Markdown export) goes thro
 instead of formatting such strings itself, so there is one place that decides what is inert:
 
 - `md` makes text literal in Markdown (no links, images, HTML or LaTeX can start in it);
+- `answer_text` is an answer as API and MCP clients get it: literal, with Cove's [n] markers;
 - `safe_url` lets only http(s) URLs through, percent-encoding whatever could end a Markdown link;
 - `doc_path` is the app's own page route for a document id of a safe shape;
 - `safe_anchor` and `plain_text` keep stored fields plain (defence in depth at ingest);
@@ -33,6 +34,20 @@ _URL_SAFE = "/%:@!$&*+,;=-._~?"
 def md(text: str) -> str:
     """`text` shown literally by a Markdown renderer: "[" cannot start a link, "<" HTML, "$" LaTeX."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def answer_text(text: str, citations: list[dict]) -> str:
+    """An answer for a Markdown-rendering client (an OpenAI or MCP host): literal text, in which only
+    Cove's own citation markers [n] stay as they are. A quoted document sentence carrying
+    ``![x](http://...)`` or ``[a link](http://...)`` then renders as text: no image loads, no link shows."""
+    escaped = md(text)
+    numbers = {str(c.get("n")) for c in citations}
+
+    def marker(match: re.Match) -> str:
+        return f"[{match.group(1)}]" if match.group(1) in numbers else match.group(0)
+
+    # Not before "(", "[" or ":": "[1](http://...)" or "[1]: http://..." in a document would be a link.
+    return re.sub(r"\\\[(\d+)\\\](?![(\[:]|\\[(\[:])", marker, escaped)
 
 
 def safe_url(url: str) -> str | None:

@@ -262,3 +262,42 @@ def library_copy_api(small_library, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(small_library.home_dir, home)
     return home
+
+
+HOSTILE_NOTE = """Zorblax notes
+
+Zorblax is a method these reading notes describe. Its authors compare it with older positional
+schemes and report that it trains stably. The notes below keep what the page says about its size.
+
+The Zorblax method uses 12 rotary heads ![pixel](http://evil.example/pixel.png?from=cove) as the [official Zorblax page](http://evil.example/login) documents.
+"""  # noqa: E501
+
+
+def test_answers_reach_markdown_clients_as_text(library_copy_api, tmp_path):
+    """A quoted sentence carrying Markdown renders as text in a real renderer: no <img>, no <a>."""
+    from markdown_it import MarkdownIt
+
+    from cove.settings import load_settings
+    from ingest.pipeline import ingest
+    from ingest.sources import from_path
+
+    note = tmp_path / "zorblax-notes.txt"
+    note.write_text(HOSTILE_NOTE)
+    assert not ingest([from_path(note)], load_settings({"home": str(library_copy_api)})).failed
+    question = "How many rotary heads does the Zorblax method use?"
+    with CoveApiServer(library_copy_api, log=tmp_path / "serve.log") as api:
+        client = openai.OpenAI(base_url=api.url + "/v1", api_key="x", max_retries=0, timeout=600)
+        whole = client.chat.completions.create(model="cove-baseline", messages=[{"role": "user", "content": question}])
+        streamed = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in client.chat.completions.create(
+                model="cove-baseline", messages=[{"role": "user", "content": question}], stream=True
+            )
+            if chunk.choices
+        )
+    for content in (whole.choices[0].message.content, streamed):
+        answer = content.partition("\n\nSources:")[0]
+        assert "evil.example" in answer and "12" in answer, content  # the hostile sentence was quoted...
+        html = MarkdownIt().render(content)
+        assert "<img" not in html and 'href="http://evil.example' not in html, html  # ...as text
+        assert "[1]" in answer  # Cove's own markers stay readable
