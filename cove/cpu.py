@@ -180,6 +180,14 @@ def amx_permission() -> bool:
         return False
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), not the machine's total."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def choose_build(machine: Machine, profile: str = "auto") -> Build:
     """The options to build llama.cpp with: each where the CPU has its flags and the OS grants its
     state ("auto"), or the portable AVX2 set capped by the same test ("portable")."""

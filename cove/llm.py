@@ -152,6 +152,8 @@ class ModelCrashed(ModelError):
 
 def llama_kwargs(settings: ModelSettings) -> dict:
     """How llama.cpp runs a model: the same for the self-check's child, the engine and the benchmark."""
+    from cove.cpu import usable_cores
+
     threads = settings.threads or usable_cores()
     return {
         "n_ctx": settings.n_ctx,
@@ -162,14 +164,6 @@ def llama_kwargs(settings: ModelSettings) -> dict:
         "flash_attn": settings.flash_attn,
         "seed": settings.seed,
     }
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity), not the machine's total."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 _CHECKERS: dict[str, object] = {}
@@ -212,27 +206,27 @@ class LlamaCppModel(ChatModel):
         model cannot generate on this machine."""
         from cove.model_check import CheckFailed
 
-        if not os.path.isfile(self.source_path):
-            raise ModelError(f"model file not found: {self.source_path}")
-        checker = _checker(self.state_dir, self.settings.check_timeout_s)
-        try:
-            if self.settings.convert == "auto":
-                self.path = checker.prepare(self.source_path, self.settings.convert_max_mb)
-                if self.path != self.source_path:
-                    self.name = f"{Path(self.source_path).name} (run as Q8_0)"
-            if self.settings.self_check:
+        checker = self._prepared()
+        if self.settings.self_check:
+            try:
                 checker.ensure(self.path, llama_kwargs(self.settings))
-        except CheckFailed as err:
-            raise ModelCrashed(str(err)) from None
+            except CheckFailed as err:
+                raise ModelCrashed(str(err)) from None
 
     def forget_check(self) -> None:
         """Forget this model's remembered self-check (after fixing the build by hand)."""
+        self._prepared().forget(self.path, llama_kwargs(self.settings))
+
+    def _prepared(self):
+        """The checker for this model, with `path` set to the file that runs (its Q8_0 copy where made)."""
         if not os.path.isfile(self.source_path):
             raise ModelError(f"model file not found: {self.source_path}")
         checker = _checker(self.state_dir, self.settings.check_timeout_s)
         if self.settings.convert == "auto":
-            self.path = checker.prepare(self.source_path, self.settings.convert_max_mb)
-        checker.forget(self.path, llama_kwargs(self.settings))
+            self.path = checker.prepare(self.source_path, self.settings.convert_max_mb)  # never raises
+            if self.path != self.source_path:
+                self.name = f"{Path(self.source_path).name} (run as Q8_0)"
+        return checker
 
     def _load(self):
         self.check()

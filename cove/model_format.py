@@ -28,6 +28,7 @@ GGUF_MAGIC = b"GGUF"
 # GGUF metadata value types -> struct format of a scalar (8: string, 9: array are read apart).
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 MAX_KEYS = 100_000  # a header claiming more is not a model file
+MAX_KEY_BYTES = 1 << 16
 
 
 class NotGGUF(ValueError):
@@ -60,6 +61,8 @@ def _read(handle: BinaryIO, size: int) -> bytes:
 
 def _string(handle: BinaryIO) -> str:
     length = struct.unpack("<Q", _read(handle, 8))[0]
+    if length > MAX_KEY_BYTES:  # a key name; a hostile length must not allocate gigabytes
+        raise NotGGUF(f"GGUF key of {length} bytes")
     return _read(handle, length).decode("utf-8", "replace")
 
 
@@ -104,10 +107,12 @@ def convert(source: str, target: str) -> None:
     """In a child process: llama.cpp's quantizer, `source` -> Q8_0 `target`."""
     import llama_cpp
 
+    from cove.cpu import usable_cores
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = TARGET_FTYPE
     params.allow_requantize = True  # the source is already quantized: that is the point
-    params.nthread = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    params.nthread = usable_cores()
     status = llama_cpp.llama_model_quantize(source.encode(), target.encode(), params)
     if status != 0:
         raise RuntimeError(f"llama.cpp could not convert {source} (status {status})")

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -101,8 +102,11 @@ def test_this_machine_is_read_from_cpu_and_kernel():
     assert here.xstate is not None and here.xstate & cpu.XSTATE_AVX  # every machine here has AVX state
     if "xsave" in here.flags:  # both ways of reading the OS state agree
         assert cpu._xgetbv0() & 0xFF == here.xstate & 0xFF
-    if "amx_tile" not in here.flags:
-        assert not here.os_grants(cpu.XSTATE_AMX) or not here.amx_granted
+    build = cpu.choose_build(here)
+    if "amx_tile" not in here.flags or not here.amx_granted:
+        assert not build.options.get("GGML_AMX_TILE")
+    if "avx512f" not in here.flags:
+        assert not build.options.get("GGML_AVX512")
 
 
 def installed_cpu_library() -> Path:
@@ -285,6 +289,10 @@ def test_gguf_header_reader(tmp_path):
     with pytest.raises(model_format.NotGGUF):
         model_format.gguf_file_type(tmp_path / "cut.gguf")
     assert model_format.needs_conversion(tmp_path / "notes.gguf", 1024) is None  # llama.cpp reports it
+    hostile = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1 << 62)  # a key "of 4 EiB"
+    (tmp_path / "hostile.gguf").write_bytes(hostile)
+    with pytest.raises(model_format.NotGGUF, match="GGUF key of"):
+        model_format.gguf_file_type(tmp_path / "hostile.gguf")
 
 
 @pytest.fixture
