@@ -24,7 +24,8 @@ answer JSON. SSE comments keep the connection alive while a question waits in th
 
 Safety: loopback only unless `api.token` is set (the CLI refuses to bind elsewhere without one);
 with a token every request needs `Authorization: Bearer <token>`; without one, requests must name
-a loopback Host (no DNS rebinding) and come from no foreign browser Origin (no cross-site posts).
+a loopback Host (no DNS rebinding); a browser request must come from Cove's own origin (no page, even one
+on this machine at another port, can drive it; bodies are JSON, so no form or text post skips CORS).
 Request bodies must declare their length and stay under `api.max_request_kb` (uploads:
 `api.max_upload_mb`); questions under `api.max_question_chars`. Every error is JSON in OpenAI's
 shape: {"error": {"message", "type", "code"}}.
@@ -35,15 +36,16 @@ and questions queue on the model's lock.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
-import queue
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -58,9 +60,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.documents import document_response
 from cove import events as ev
+from cove.answer import AnswerCancelled
 from cove.chat import LibraryEmpty
 from cove.conversations import citation_lines
-from cove.library import LibraryService, library_json, shared_service
+from cove.library import LibraryService, TooManyAnswers, library_json, shared_service
 from cove.llm import ModelError
 from cove.lock import LibraryBusy
 from cove.settings import CoveSettings
@@ -72,6 +75,7 @@ log = logging.getLogger("cove.api")
 MODELS = {"cove": "cove", "cove-baseline": "baseline"}  # model name -> pipeline
 PRIVATE_HOSTS = {"127.0.0.1", "localhost", "::1"}
 KEEPALIVE_S = 15.0
+DISCONNECT_POLL_S = 0.25  # how often a running answer looks whether its client is still there
 SOURCES_HEADING = "\n\nSources:\n"
 
 
@@ -106,6 +110,10 @@ def api_error(err: BaseException) -> ApiError:
         return ApiError(503, f"The library cannot be searched: {err}", "store_unavailable", "server_error")
     if isinstance(err, LibraryBusy):  # another writer holds the library: try again shortly
         return ApiError(503, f"The library is busy: {err}", "library_busy", "server_error", retry_after=30)
+    if isinstance(err, TooManyAnswers):
+        return ApiError(503, str(err), "too_many_answers", "server_error", retry_after=TooManyAnswers.retry_after_s)
+    if isinstance(err, AnswerCancelled):  # nobody reads this: the client hung up
+        return ApiError(499, "The client closed the request; the answer was stopped.", "cancelled")
     log.exception("request failed", exc_info=err)
     message = f"Internal error ({type(err).__name__}); see the server log."
     return ApiError(500, message, "internal_error", "server_error")
@@ -149,9 +157,11 @@ class Guard:
             host = urlsplit("//" + headers.get("host", "")).hostname or ""
             if host not in PRIVATE_HOSTS:
                 return ApiError(403, f"Host {host!r} is not this machine: Cove serves loopback only.", "bad_host")
-            origin = headers.get("origin")
-            if origin and (urlsplit(origin).hostname or "") not in PRIVATE_HOSTS:
-                return ApiError(403, f"Requests from web pages at {origin} are not allowed.", "bad_origin")
+        origin = headers.get("origin")
+        if origin and urlsplit(origin).netloc.lower() != headers.get("host", "").lower():
+            # A browser names the page that sent the request. Only Cove's own origin may: another
+            # page, even one on this machine at another port, cannot drive the API.
+            return ApiError(403, f"Requests from web pages at {origin} are not allowed.", "bad_origin")
         if self.token:
             sent = headers.get("authorization", "")
             scheme, _, value = sent.partition(" ")
@@ -305,27 +315,48 @@ def event_json(event: ev.AnswerEvent) -> dict[str, Any] | None:
     return {"event": type(event).__name__, "stage": event.stage.value, "message": event.message, **data}
 
 
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    """`action`, run on the first call only (thread-safe)."""
+    done = threading.Lock()
+
+    def run() -> None:
+        if done.acquire(blocking=False):
+            action()
+
+    return run
+
+
 class CompletionStream:
-    """The SSE body of a streamed chat completion: the answer runs in a thread, events flow out."""
+    """The SSE body of a streamed chat completion: the answer runs in a thread, events flow out.
+    When the client hangs up, the body is closed and the answer cancelled: the model stops at its
+    next token, or the question leaves the model's queue."""
 
     def __init__(self, service: LibraryService, question: str, history, model: str, base_url: str, usage_chunk: bool):
         self.service, self.question, self.history = service, question, history
         self.model, self.base_url, self.usage_chunk = model, base_url, usage_chunk
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.events: queue.Queue = queue.Queue()
+        self.cancel = threading.Event()
+        # Held by the answer and by this response: TooManyAnswers here is a 503 before the stream starts.
+        self.slot = service.reserve_answer(holders=2)
+        # The response's hold ends when the body ends, or when this object is dropped unread (a client
+        # gone before the body started): never twice, never never.
+        self.release_response_hold = _once(self.slot.release)
+        weakref.finalize(self, self.release_response_hold)
 
-    def _run(self) -> None:
+    def _run(self, put) -> None:
         def on_event(event: ev.AnswerEvent) -> None:
             payload = event_json(event)
             if payload is not None:
-                self.events.put(("event", payload))
+                put(("event", payload))
 
         try:
-            answer = self.service.ask(self.question, self.history, MODELS[self.model], on_event)
-            self.events.put(("answer", answer.to_json()))
+            answer = self.service.ask(self.question, self.history, MODELS[self.model], on_event, self.cancel, self.slot)
+            put(("answer", answer.to_json()))
+        except AnswerCancelled:
+            log.info("a streamed answer was stopped: its client hung up")
         except Exception as err:  # reported to the client inside the stream
-            self.events.put(("error", err))
+            put(("error", err))
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {
@@ -338,24 +369,35 @@ class CompletionStream:
         }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    def __iter__(self) -> Iterator[str]:
-        threading.Thread(target=self._run, name="cove-api-answer", daemon=True).start()
-        yield self.chunk({"role": "assistant", "content": ""})
-        while True:
-            try:
-                kind, payload = self.events.get(timeout=KEEPALIVE_S)
-            except queue.Empty:
-                yield ": waiting for the model\n\n"
-                continue
-            if kind == "event":
-                yield self.chunk({}, cove_event=payload)
-            elif kind == "error":
-                yield f"data: {json.dumps(api_error(payload).body())}\n\n"
-                break
-            else:
-                yield from self._answer(payload)
-                break
-        yield "data: [DONE]\n\n"
+    async def __aiter__(self) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def put(item) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        threading.Thread(target=self._run, args=(put,), name="cove-api-answer", daemon=True).start()
+        try:  # closed (GeneratorExit or cancellation) when the client hangs up: then `finally` cancels
+            yield self.chunk({"role": "assistant", "content": ""})
+            while True:
+                try:
+                    kind, payload = await asyncio.wait_for(events.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": waiting for the model\n\n"
+                    continue
+                if kind == "event":
+                    yield self.chunk({}, cove_event=payload)
+                elif kind == "error":
+                    yield f"data: {json.dumps(api_error(payload).body())}\n\n"
+                    break
+                else:
+                    for piece in self._answer(payload):
+                        yield piece
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            self.cancel.set()  # a no-op once the answer is done
+            self.release_response_hold()
 
     def _answer(self, answer: dict[str, Any]) -> Iterator[str]:
         for sentence in re.split(r"(?<=[.!?])\s+", answer_text(answer["answer"], answer.get("citations", []))):
@@ -369,6 +411,26 @@ class CompletionStream:
             body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                     "model": self.model, "choices": [], "usage": usage(answer)}  # fmt: skip
             yield f"data: {json.dumps(body)}\n\n"
+
+
+async def answer_while_connected(request: Request, ask, question: str, history, pipeline: str | None):
+    """`ask(...)` in a worker thread, cancelled if the client hangs up before it ends (uvicorn tells
+    the app through `http.disconnect`; nothing else stops a thread that answers for nobody)."""
+    cancel = threading.Event()
+    work = asyncio.ensure_future(run_in_threadpool(ask, question, history, pipeline, None, cancel))
+    try:
+        while not work.done():
+            await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
+            if not work.done() and await request.is_disconnected():
+                cancel.set()
+                log.info("an answer was stopped: its client hung up")
+        return work.result()
+    except ApiError:
+        raise
+    except Exception as err:
+        raise api_error(err) from err
+    finally:
+        cancel.set()
 
 
 # --- the app ---------------------------------------------------------------------------------------------
@@ -407,7 +469,7 @@ def create_app(settings: CoveSettings, service: LibraryService | None = None) ->
                                            for name in MODELS]}  # fmt: skip
 
     @app.post("/v1/chat/completions")
-    def chat_completions(body: ChatRequest, request: Request):
+    async def chat_completions(body: ChatRequest, request: Request):
         if body.model not in MODELS:
             raise ApiError(404, f"The model {body.model!r} does not exist: use one of {', '.join(MODELS)}.",
                            "model_not_found")  # fmt: skip
@@ -418,24 +480,22 @@ def create_app(settings: CoveSettings, service: LibraryService | None = None) ->
             except Exception as err:
                 raise api_error(err) from err
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            stream = CompletionStream(service, question, history, body.model, base_url(request), include_usage)
+            try:
+                stream = CompletionStream(service, question, history, body.model, base_url(request), include_usage)
+            except Exception as err:
+                raise api_error(err) from err
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(iter(stream), media_type="text/event-stream", headers=headers)
-        try:
-            answer = service.ask(question, history, MODELS[body.model])
-        except Exception as err:
-            raise api_error(err) from err
+            return StreamingResponse(stream.__aiter__(), media_type="text/event-stream", headers=headers)
+        answer = await answer_while_connected(request, service.ask, question, history, MODELS[body.model])
         return completion_json(answer.to_json(), body.model, base_url(request))
 
     @app.post("/api/ask")
-    def ask(body: AskRequest) -> dict[str, Any]:
+    async def ask(body: AskRequest, request: Request) -> dict[str, Any]:
         question = check_question(body.question, limits.max_question_chars)
         if len(body.history) > limits.max_messages:
             raise ApiError(400, f"At most {limits.max_messages} history turns.", "too_many_messages")
-        try:
-            return service.ask(question, [t.model_dump() for t in body.history], body.pipeline).to_json()
-        except Exception as err:
-            raise api_error(err) from err
+        history = [t.model_dump() for t in body.history]
+        return (await answer_while_connected(request, service.ask, question, history, body.pipeline)).to_json()
 
     @app.post("/api/search")
     def search(body: SearchRequest) -> dict[str, Any]:
@@ -507,6 +567,12 @@ def serve(settings: CoveSettings) -> None:
     import uvicorn
 
     check_bind(settings)
+    cove_log = logging.getLogger("cove")
+    if not cove_log.handlers:  # Cove's own events (answers stopped, failures) beside uvicorn's lines
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        cove_log.addHandler(handler)
+        cove_log.setLevel(logging.INFO)
     service = shared_service(settings)
     app = create_app(settings, service)
     warm_up(service)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cove.settings import CoveSettings, load_settings
+
+if TYPE_CHECKING:
+    from cove.catalog import DocumentRecord
 
 app = typer.Typer(
     add_completion=False,
@@ -151,7 +154,7 @@ def ingest(
     )
     chosen, bad = src.collect_sources(from_ or [], url or [], arxiv or [], reading_list or [])
     for export in [*(bibtex or []), *(zotero or [])]:
-        chosen, bad = _add_references(export, chosen, bad, settings.ingest.allowed_roots)
+        chosen, bad = _add_references(export, chosen, bad, settings)
     # --rebuild alone: the known documents only
     if not (from_ or url or arxiv or reading_list or bibtex or zotero or rebuild):
         chosen = src.curated_reading_list()
@@ -175,13 +178,17 @@ def ingest(
     raise typer.Exit(code=1 if report.failed else 0)
 
 
-def _add_references(export: Path, chosen: list, bad: list, roots: list[Path]) -> tuple[list, list]:
-    """The entries of a BibTeX / Zotero export added to the sources; an unreadable export is one bad input.
-    Attached files are read inside the export's folder and `roots` (ingest.allowed_roots) only."""
+def _add_references(export: Path, chosen: list, bad: list, settings: CoveSettings) -> tuple[list, list]:
+    """The entries of a BibTeX / Zotero export added to the sources; an unreadable export (or a .bib
+    past the parse worker's time or memory limit) is one bad input. Attached files are read inside
+    the export's folder and ingest.allowed_roots only."""
     from ingest.refmanagers import ReferenceError, load_references
+    from ingest.workers import WorkerLimits
 
     try:
-        found, problems = load_references(export, roots)
+        found, problems = load_references(
+            export, settings.ingest.allowed_roots, WorkerLimits.from_settings(settings.parse)
+        )
     except ReferenceError as err:
         return chosen, [*bad, (str(export), str(err))]
     return chosen + found, bad + problems
@@ -226,12 +233,13 @@ def library(
     home: HomeOpt = None,
 ) -> None:
     """List the documents in the library, with their status and any error."""
-    from cove.catalog import parse_summary
+    from cove.catalog import not_stored_message, parse_summary
     from cove.library import library_json
     from cove.sync import library_documents
 
     settings = _settings(home)
     records = library_documents(settings)
+    lost = _mark_not_stored(settings, records)
     if as_json:
         typer.echo(json.dumps(library_json(records), indent=2))
         return
@@ -239,6 +247,8 @@ def library(
     if not records:
         Console().print(f"The library at {where} is empty. Add papers with `cove ingest`.")
         return
+    if lost:
+        console.print(f"[red]{not_stored_message(lost)}[/]", highlight=False)
     table = Table(title=f"Library: {where}")
     for column in ("Title", "Source", "Kind", "Pages", "Chunks", "Parse", "Status", "Error / warnings"):
         table.add_column(column, overflow="fold")
@@ -249,6 +259,21 @@ def library(
             r.title[:70], r.source, r.kind, str(r.pages), str(r.chunks), parse_summary(r.report), status, notes
         )
     Console().print(table)
+
+
+def _mark_not_stored(settings: CoveSettings, records: list[DocumentRecord]) -> int:
+    """Show `ok` documents as "not in store" when the chunk store holds no chunk at all (a killed
+    `--rebuild`); returns how many. One count of the store, only when some document claims chunks."""
+    from cove.catalog import STATUS_NOT_STORED, STATUS_OK
+    from cove.store import ChunkStore
+
+    claimed = [r for r in records if r.status == STATUS_OK]
+    if not claimed or ChunkStore(settings).count() > 0:
+        return 0
+    for record in claimed:
+        record.status = STATUS_NOT_STORED
+        record.error = "its chunks are not in the store: run `cove ingest --rebuild` to index it again"
+    return len(claimed)
 
 
 # --- ask ---------------------------------------------------------------------------------------------
@@ -329,6 +354,7 @@ def ask(
 ) -> None:
     """Answer a question from the library, with verified, page-level citations."""
     from cove.answer import AnswerEngine
+    from cove.catalog import LibraryEmpty
     from cove.llm import ModelError
 
     if pipeline not in (None, "cove", "baseline"):
@@ -353,6 +379,9 @@ def ask(
     except ModelError as err:
         console.print(f"[red]Model error:[/] {err}")
         raise typer.Exit(3) from err
+    except LibraryEmpty as err:  # e.g. the catalog lists documents the store lost
+        console.print(f"[red]{err}[/]", highlight=False)
+        raise typer.Exit(2) from err
     if as_json:
         print(json.dumps(answer.to_json(), ensure_ascii=False))
     else:

@@ -191,23 +191,34 @@ def _base_render(settings: CoveSettings, content_hash: str, pdf: Path, page: int
         partial.replace(image)
     finally:
         partial.unlink(missing_ok=True)
-    _trim_cache(settings)
+    _trim_cache(settings, keep={image, meta})
     return image, geometry
 
 
-def _trim_cache(settings: CoveSettings) -> None:
-    """Keep the page cache under `app.page_cache_mb`: the least recently written images go first."""
+def _trim_cache(settings: CoveSettings, keep: set[Path]) -> None:
+    """Keep the page cache under `app.page_cache_mb` after every write into it: the least recently
+    written files go first, never those in `keep` (what this request just wrote and reads next).
+
+    So the cache holds at most the limit, or, when the files in `keep` are larger than the limit by
+    themselves, those and nothing else. Files being written (``.part``) are another render's: skipped."""
     root = settings.home_dir / "cache" / "pages"
     files = []
     for path in root.glob("*/*"):
+        if path in keep or path.name.endswith(".part"):
+            continue
         with contextlib.suppress(OSError):  # another render may be trimming too
             stat = path.stat()
             files.append((stat.st_mtime, stat.st_size, path))
-    total, limit = sum(size for _, size, _ in files), settings.app.page_cache_mb * 2**20
+    kept = 0
+    for path in keep:
+        with contextlib.suppress(OSError):
+            kept += path.stat().st_size
+    total, limit = kept + sum(size for _, size, _ in files), settings.app.page_cache_mb * 2**20
     for _, size, path in sorted(files):
         if total <= limit:
             break
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
         total -= size
 
 
@@ -260,6 +271,9 @@ def _with_highlights(settings: CoveSettings, base: Path, geometry: dict, boxes: 
     partial = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.part")
     partial.write_bytes(data)
     partial.replace(cached)
+    # Each quote gives another image: without a trim here, distinct `?q=` values grew the cache
+    # past its limit (1 MB allowed, 3.8 MB held). The base page stays: the next quote needs it.
+    _trim_cache(settings, keep={cached, base, base.with_suffix(".json")})
     return data
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -82,6 +83,11 @@ REFUSAL = "The library does not cover this."
 
 class AnswerDeadline(ModelError):
     """The answer's wall-clock limit (`answer.deadline_s`) passed; the model was stopped."""
+
+
+class AnswerCancelled(Exception):
+    """The caller gave up on the answer (its client hung up): the model was stopped between two
+    tokens, or the question left the model's queue, so no core works for nobody."""
 
 
 @dataclass
@@ -177,10 +183,11 @@ class VerificationRound:
 
 
 class _Meter:
-    """Timings and token counts per stage, and the answer's deadline."""
+    """Timings and token counts per stage, the answer's deadline, and its caller's cancel signal."""
 
-    def __init__(self, deadline_s: float = float("inf"), clock=time.monotonic) -> None:
+    def __init__(self, deadline_s: float = float("inf"), clock=time.monotonic, cancel=None) -> None:
         self.deadline_s, self.clock = deadline_s, clock
+        self.cancel: threading.Event | None = cancel
         self.deadline = clock() + deadline_s
         self.timings = {f"{s.value}_s": 0.0 for s in Stage if s is not Stage.DONE}
         self.tokens = {"prefill": 0, "decode": 0, "prompt": 0}
@@ -215,7 +222,10 @@ class _Meter:
         self.timings[f"{stage.value}_s"] += time.perf_counter() - started
 
     def check_deadline(self) -> None:
-        """Called between steps and between tokens: past the deadline, the current step ends here."""
+        """Called between steps, between tokens and while queued for the model: past the deadline, or
+        once the caller cancelled, the current step ends here."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise AnswerCancelled("the caller gave up on this answer; the model was stopped")
         if self.clock() > self.deadline:
             raise AnswerDeadline(f"no answer within {self.deadline_s:g} s (answer.deadline_s); the model was stopped")
 
@@ -290,14 +300,17 @@ class AnswerEngine:
         pipeline: str | None = None,
         on_event: EventCallback | None = None,
         id: str = "",
+        cancel: threading.Event | None = None,
     ) -> Answer:
+        """Answer `question`. Setting `cancel` stops the answer at its next step or token
+        (`AnswerCancelled`): what a server does when its client hangs up."""
         emit = on_event or (lambda event: None)
         pipeline = pipeline or self.settings.answer.pipeline
         # The history is the caller's (an API client's whole conversation): bounded like the question.
         limits = self.settings.answer
         history = bounded_history(history, limits.max_history_turns, limits.max_history_chars)
         started = time.perf_counter()
-        meter = _Meter(self.settings.answer.deadline_s, self.clock)
+        meter = _Meter(self.settings.answer.deadline_s, self.clock, cancel)
         answer = Answer(id=id, question=question, answer="", refused=False, pipeline=pipeline)
 
         retrieval = self.retrieve(question, history, meter, emit)
@@ -457,12 +470,15 @@ class AnswerEngine:
             if stream:
                 emit(DraftToken(stage, piece, piece))
 
-        completion = self.model.chat(
-            messages,
-            max_tokens=max_tokens,
-            on_token=on_token,
-            on_wait=lambda: emit(Waiting(stage, "waiting for the model (another question is being answered)")),
-        )
+        queued: list[bool] = []
+
+        def on_wait() -> None:
+            if not queued:
+                queued.append(True)
+                emit(Waiting(stage, "waiting for the model (another question is being answered)"))
+            meter.check_deadline()  # a cancelled or late answer leaves the queue
+
+        completion = self.model.chat(messages, max_tokens=max_tokens, on_token=on_token, on_wait=on_wait)
         meter.timed(stage, t0)
         meter.add(stage.value, completion)
         return completion.text.strip()

@@ -19,6 +19,9 @@ from pathlib import Path
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_PENDING = "pending"  # being (re)indexed, or interrupted while being indexed
+# Shown, never written: the catalog says "ok" but the chunk store holds no chunk at all (a killed
+# `cove ingest --rebuild` drops the collection first and marks documents as it re-indexes them).
+STATUS_NOT_STORED = "not in store"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -162,6 +165,10 @@ class Catalog:
     def has_indexed_documents(self) -> bool:
         return self.db.execute("SELECT 1 FROM documents WHERE status = ? LIMIT 1", (STATUS_OK,)).fetchone() is not None
 
+    def indexed_count(self) -> int:
+        """How many documents are marked indexed (``ok``)."""
+        return self.db.execute("SELECT COUNT(*) FROM documents WHERE status = ?", (STATUS_OK,)).fetchone()[0]
+
     def citekey(self, doc_id: str) -> str:
         row = self.db.execute("SELECT citekey FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
         return row[0] if row else ""
@@ -179,6 +186,33 @@ class Catalog:
             "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+class LibraryEmpty(RuntimeError):
+    """No document of the library is ready to answer from (`cove.chat` and every surface report it)."""
+
+
+def documents_not_stored(catalog: Catalog, store) -> int:
+    """How many documents the catalog marks indexed while the chunk store holds no chunk at all (0
+    when the store holds any). Two counts, no scan: cheap enough for every search."""
+    return catalog.indexed_count() if store.count() == 0 else 0
+
+
+def not_stored_message(documents: int) -> str:
+    """What to tell a reader when the catalog lists `documents` indexed documents the store lacks."""
+    listed = f"{documents} document" + ("" if documents == 1 else "s")
+    return (
+        f"The catalog lists {listed} but the store holds none (an interrupted `cove ingest --rebuild`?): "
+        "run `cove ingest --rebuild` to index them again."
+    )
+
+
+def check_store_holds_documents(catalog: Catalog, store) -> None:
+    """Raise `LibraryEmpty` when the catalog lists indexed documents and the store holds no chunk:
+    answering would only say "The library does not cover this" (a killed `--rebuild`)."""
+    missing = documents_not_stored(catalog, store)
+    if missing:
+        raise LibraryEmpty(not_stored_message(missing))
 
 
 def parse_summary(report: dict) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cove.answer import AnswerDeadline, AnswerEngine
-from cove.catalog import STATUS_FAILED, STATUS_OK, DocumentRecord
+from cove.catalog import STATUS_FAILED, STATUS_OK, DocumentRecord, LibraryEmpty
 from cove.conversations import ConversationStore, Message
 from cove.events import EventCallback
 from cove.llm import ModelCrashed, ModelError
@@ -35,9 +35,7 @@ from cove.store import StoreUnavailable
 
 log = logging.getLogger("cove.chat")
 
-
-class LibraryEmpty(RuntimeError):
-    """No document of the library is ready to answer from."""
+# `LibraryEmpty` is defined beside the catalog (the retriever raises it too); the front ends import it from here.
 
 
 class QuestionTooLong(ValueError):

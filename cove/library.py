@@ -97,6 +97,28 @@ def page_text_from_chunks(chunks: list[tuple[str, dict[str, Any]]]) -> str:
     return "".join(parts).strip()
 
 
+class TooManyAnswers(Exception):
+    """More questions wait for the model than `answer.max_queued`: this one is turned away now."""
+
+    retry_after_s = 10  # about what one answer takes on the bundled model
+
+
+class AnswerSlot:
+    """One reserved place among the answers a process runs. It is freed when each of its `holders`
+    has released it (a streamed answer: its thread and its response), however each one ends."""
+
+    def __init__(self, free: Callable[[], None], holders: int = 1) -> None:
+        self._free, self._holders = free, holders
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            last = self._holders == 0
+        if last:
+            self._free()
+
+
 class LibraryService:
     """Ask, search, list, add and read pages, for front ends that bring their own conversation."""
 
@@ -105,6 +127,8 @@ class LibraryService:
         self.settings = self.chat.settings
         self._engine: AnswerEngine | None = None
         self._lock = threading.Lock()
+        self._answering = 0  # answers running or queued for the model in this process
+        self._answering_lock = threading.Lock()
 
     def engine(self) -> AnswerEngine:
         """One answer engine for every request (the pipeline is chosen per question): prompts are read once."""
@@ -137,12 +161,38 @@ class LibraryService:
         history: list[dict[str, str]] | None = None,
         pipeline: str | None = None,
         on_event: EventCallback | None = None,
+        cancel: threading.Event | None = None,
+        slot: AnswerSlot | None = None,
     ) -> Answer:
-        """A checked, cited answer. Raises `LibraryEmpty`, `cove.llm.ModelError`, `StoreUnavailable`."""
-        if pipeline not in (None, *PIPELINES):
-            raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}")
-        self.ensure_ready()
-        return self.engine().ask(question, history or None, pipeline, on_event)
+        """A checked, cited answer. Raises `LibraryEmpty`, `cove.llm.ModelError`, `StoreUnavailable`,
+        `TooManyAnswers` (more than `answer.max_queued` waiting) and, once `cancel` is set,
+        `AnswerCancelled`. A `slot` from `reserve_answer` is used (and released) instead of a new one."""
+        slot = slot or self.reserve_answer()
+        try:
+            if pipeline not in (None, *PIPELINES):
+                raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}")
+            self.ensure_ready()
+            return self.engine().ask(question, history or None, pipeline, on_event, cancel=cancel)
+        finally:
+            slot.release()
+
+    def reserve_answer(self, holders: int = 1) -> AnswerSlot:
+        """A place among the answers this process runs (one at the model, `answer.max_queued`
+        waiting), or `TooManyAnswers` now: a server reserves before it starts streaming, and its
+        response holds the place as well as the answer (a client reading slowly still counts)."""
+        limit = 1 + self.settings.answer.max_queued
+        with self._answering_lock:
+            if self._answering >= limit:
+                raise TooManyAnswers(
+                    f"{self._answering} questions are being answered or waiting for the model "
+                    f"(answer.max_queued is {limit - 1}); ask again shortly."
+                )
+            self._answering += 1
+        return AnswerSlot(self._free_slot, holders)
+
+    def _free_slot(self) -> None:
+        with self._answering_lock:
+            self._answering -= 1
 
     def search(self, query: str, k: int | None = None, mode: str | None = None) -> dict[str, Any]:
         """Cove's hybrid search: the top-k passages with where they are (title, page, section, link)."""

@@ -10,7 +10,8 @@ an earlier prefix after an unrelated call: the answer engine orders its chain-of
 so they share a prefix, and every `Completion` says how many prompt tokens were really computed.
 
 The embedded model is one llama.cpp context: calls are serialised by a lock, so concurrent callers
-queue instead of crashing; `on_wait` tells a caller that it is queued.
+queue instead of crashing; `on_wait` tells a caller that it is queued, again about every quarter
+second while it waits, and may raise to give up its place (a cancelled or late answer).
 
 Message text is untrusted (document excerpts, the conversation, the question). A chat template's
 control strings in it (``<|im_end|><|im_start|>system``) would become real role tokens when the
@@ -85,6 +86,9 @@ def neutralise_control_tokens(text: str, control_tokens: frozenset[str] = frozen
 
 def neutralise_messages(messages: list[Message], control_tokens: frozenset[str] = frozenset()) -> list[Message]:
     return [{**m, "content": neutralise_control_tokens(m.get("content", ""), control_tokens)} for m in messages]
+
+
+WAIT_POLL_S = 0.25  # how often a queued call asks its caller whether to keep waiting
 
 
 class ChatModel:
@@ -303,9 +307,12 @@ class LlamaCppModel(ChatModel):
 
     def chat(self, messages, max_tokens=256, stop=None, on_token=None, on_wait=None) -> Completion:
         if not self._lock.acquire(blocking=False):
-            if on_wait:
+            if on_wait is None:
+                self._lock.acquire()
+            else:  # queued: on_wait may raise to leave the queue (the caller gave up, or ran out of time)
                 on_wait()
-            self._lock.acquire()
+                while not self._lock.acquire(timeout=WAIT_POLL_S):
+                    on_wait()
         try:
             return self._chat_locked(messages, max_tokens, stop, on_token)
         finally:

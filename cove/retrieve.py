@@ -201,9 +201,15 @@ class Retriever:
 
     # --- search ------------------------------------------------------------------------------------
     def search(self, query: str, k: int | None = None, mode: str | None = None) -> RetrievalResult:
-        """The top-k chunks for `query`. `mode`: "hybrid" (default), "dense" or "lexical"."""
+        """The top-k chunks for `query`. `mode`: "hybrid" (default), "dense" or "lexical".
+
+        Raises `cove.catalog.LibraryEmpty` when the catalog lists indexed documents but the store
+        holds no chunk (an interrupted `--rebuild`): every surface says so instead of "not covered"."""
+        from cove.catalog import check_store_holds_documents
+
         with self._lock:
             self.refresh()
+            check_store_holds_documents(self.catalog, self.store)
             return self._search(query, k, mode)
 
     def _add_missing(self, hits: dict[str, Hit], ids: list[str], query_vector) -> None:

@@ -293,6 +293,12 @@ class AnswerSettings(BaseModel):
     max_history_chars: int = Field(
         2000, ge=10, description="Characters kept of each conversation turn an answer reads (the rest is cut)."
     )
+    max_queued: int = Field(
+        4,
+        ge=0,
+        description="Answers a process keeps waiting for the model beside the one it is answering. Another "
+        "question is turned away at once (the API: 503 with Retry-After) instead of holding a thread for minutes.",
+    )
     deadline_s: float = Field(
         600.0,
         gt=0,

@@ -65,6 +65,53 @@ def match_form(text: str) -> str:
     return _LINE_BREAK_HYPHEN.sub("", fold(text))
 
 
+# --- what a text says, however it is spelled ---------------------------------------------------------
+# Text can hide its words from a pattern: "Ignоre" with a Cyrillic "о", "in\u200bstructions" with a
+# zero-width space, "instruc\u00adtions" with a soft hyphen, full-width or mathematical letters.
+# `skeleton` undoes that for *detection* only (never for display, quoting or search): compatibility
+# forms (NFKC), format characters (Unicode category Cf: zero-width characters, the soft hyphen, bidi
+# controls) and combining marks removed, and every character that Unicode's confusables data says
+# looks like an ASCII letter or digit replaced by it. The offsets of the result are not the text's.
+_FORMAT_OR_MARK = ("Cf", "Mn", "Me")
+
+
+@functools.cache
+def _lookalikes() -> dict[int, str]:
+    """{code point: ASCII lookalike} from Unicode's confusables data (the confusable_homoglyphs
+    package ships it). Unicode's prototype for I, l and 1 is "l": a capital in that class (Greek
+    Iota, Cyrillic I) imitates an I, since a capital L looks nothing like it, so it reads as "i"."""
+    import json
+    from importlib.resources import files
+
+    data = json.loads(files("confusable_homoglyphs").joinpath("confusables.json").read_text(encoding="utf-8"))
+    table: dict[int, str] = {}
+    for char, entries in data.items():
+        if len(char) != 1 or char.isascii():
+            continue
+        ascii_ = [e["c"] for e in entries if len(e["c"]) == 1 and e["c"].isascii() and e["c"].isalnum()]
+        if ascii_:
+            capital = unicodedata.category(char) == "Lu"
+            table[ord(char)] = "i" if ascii_[0] == "l" and capital else ascii_[0]
+    return table
+
+
+def reading_form(text: str) -> str:
+    """NFKC with format characters (zero-width, soft hyphen, bidi controls) removed: the characters
+    a reader sees, in their plain forms."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf") if not text.isascii() else text
+
+
+def skeleton(text: str) -> str:
+    """`reading_form` with combining marks removed ("instruções" -> "instrucoes") and lookalike
+    letters folded to ASCII ("Ignоre" with a Cyrillic "о" -> "Ignore"): for pattern matching only."""
+    if text.isascii():
+        return text
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in _FORMAT_OR_MARK)
+    return unicodedata.normalize("NFC", text.translate(_lookalikes()))
+
+
 # --- words and stems ---------------------------------------------------------------------------------
 
 # bm25s's English list is Lucene's 33 words; questions also bring their own filler ("how many ...

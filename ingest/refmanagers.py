@@ -17,8 +17,9 @@ its citations), its title, authors and year. What is fetched, first that applies
 An entry that names none of these, or whose only file is missing, is reported with its citekey and
 the reason; the others are ingested. Re-importing the same export is incremental: unchanged
 documents are skipped by the pipeline (content hash), and a changed citekey is updated in place.
-The entry parsers live in `ingest.bibtex` and `ingest.zotero`. (The bibliography *inside* a paper is
-parsed by `ingest.references`.)
+The entry parsers live in `ingest.bibtex` and `ingest.zotero`; a `.bib` is parsed in a parse worker
+under `parse.timeout_s` and `parse.max_memory_mb`, like a PDF (`ingest.bibtex.parse_bibtex_bounded`).
+(The bibliography *inside* a paper is parsed by `ingest.references`.)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingest.arxiv import TEXT_RE, doc_id_for, parse_arxiv_id
 from ingest.sources import LOCAL_KINDS, Source, SourceError, dedupe, from_arxiv, from_path, from_url
@@ -33,6 +35,9 @@ from ingest.sources import LOCAL_KINDS, Source, SourceError, dedupe, from_arxiv,
 MAX_EXPORT_BYTES = 32 * 1024 * 1024  # a library of tens of thousands of entries; more is not an export
 ARXIV_DOI = re.compile(r"^10\.48550/arxiv\.(.+)$", re.I)
 DOI = re.compile(r"^10\.\d{4,9}/\S+$")
+
+if TYPE_CHECKING:
+    from ingest.workers import WorkerLimits
 
 
 class ReferenceError(ValueError):
@@ -64,15 +69,20 @@ def read_export(path: Path) -> str:
         raise ReferenceError(f"cannot read {path}: {err.strerror or err}") from err
 
 
-def load_references(path: Path, roots: list[Path] = ()) -> tuple[list[Source], list[tuple[str, str]]]:
+def load_references(
+    path: Path, roots: list[Path] = (), limits: WorkerLimits | None = None
+) -> tuple[list[Source], list[tuple[str, str]]]:
     """Sources for every entry of a BibTeX or Zotero export, plus (entry, reason) for the rest.
-    Attached files are read inside the export's folder and `roots` only."""
+    Attached files are read inside the export's folder and `roots` only. A BibTeX file is parsed in a
+    parse worker under `limits` (default: the default `parse.*` limits)."""
     from ingest import bibtex, zotero
 
     path = Path(path).expanduser()
     text = read_export(path)
-    looks_json = path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{")
-    references, bad = zotero.parse_csl_json(text, path.name) if looks_json else bibtex.parse_bibtex(text, path.name)
+    if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
+        references, bad = zotero.parse_csl_json(text, path.name)
+    else:
+        references, bad = bibtex.parse_bibtex_bounded(path, limits)
     sources: list[Source] = []
     for reference in references:
         try:

@@ -15,6 +15,9 @@ so the bounds are enforced from outside:
 - a worker parses one document after another and is replaced only when it was killed or died, so
   the start-up cost (~0.5 s to import pypdf and lxml) is paid once per worker, not per document.
 
+Besides documents, a worker reads BibTeX exports (job kind `BIBTEX`, `ingest.bibtex.read_bibtex`): an
+export is a file from elsewhere too, and bibtexparser keeps every block of it in memory.
+
 There is no in-process shortcut: a run with one document starts one worker, so the bounds always hold.
 """
 
@@ -33,10 +36,16 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cove.docs import ParsedDocument
 from ingest.parse import ParseError, ParseLimits, parse_file
+
+BIBTEX = "bibtex"  # a job kind besides the document kinds: a .bib export, read into references
+
+if TYPE_CHECKING:
+    from cove.settings import ParseSettings
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,11 @@ class WorkerLimits:
     parse: ParseLimits
     timeout_s: float = 120.0
     max_memory_mb: int = 1024
+
+    @classmethod
+    def from_settings(cls, parse: ParseSettings) -> WorkerLimits:
+        """The limits of the `parse` settings section (parse.timeout_s, parse.max_memory_mb and the caps)."""
+        return cls(ParseLimits.from_settings(parse), parse.timeout_s, parse.max_memory_mb)
 
 
 @dataclass
@@ -58,10 +72,11 @@ class ParseJob:
 @dataclass
 class ParseOutcome:
     job: ParseJob
-    document: ParsedDocument | None
+    document: ParsedDocument | tuple | None  # for a BIBTEX job: (references, bad entries)
     error: str | None
     seconds: float
     report: dict = field(default_factory=dict)  # the parse report of a document read but refused (a scan)
+    limit: str = ""  # which bound stopped the job: "time" or "memory" ("" for any other failure)
 
 
 # --- the worker process ---------------------------------------------------------------------------------
@@ -107,6 +122,10 @@ def _warm_up() -> None:
 def _parse_one(path: str, kind: str, limits: WorkerLimits) -> tuple[str, Any]:
     """(status, document or reason) for one document; every failure is a reason in plain words."""
     try:
+        if kind == BIBTEX:
+            from ingest.bibtex import read_bibtex
+
+            return OK, read_bibtex(Path(path))
         return OK, parse_file(path, kind, limits=limits.parse)
     except ParseError as err:
         return ERROR, (str(err), err.report)
@@ -288,12 +307,13 @@ class ParseSupervisor:
             if status == OK:
                 return ParseOutcome(job, value, None, seconds), True
             reason, report = value if isinstance(value, tuple) else (value, {})
-            return ParseOutcome(job, None, reason, seconds, report), status != FATAL
+            limit = "memory" if status == FATAL else ""  # FATAL is only ever sent when memory ran out
+            return ParseOutcome(job, None, reason, seconds, report, limit), status != FATAL
         if not worker.process.is_alive():
             return ParseOutcome(job, None, _died(worker), seconds), False
         if seconds >= self.limits.timeout_s:
             return ParseOutcome(
-                job, None, f"parsing took longer than {self.limits.timeout_s:g} s: killed", seconds
+                job, None, f"parsing took longer than {self.limits.timeout_s:g} s: killed", seconds, limit="time"
             ), False
         return None, True
 

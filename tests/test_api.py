@@ -301,3 +301,81 @@ def test_answers_reach_markdown_clients_as_text(library_copy_api, tmp_path):
         html = MarkdownIt().render(content)
         assert "<img" not in html and 'href="http://evil.example' not in html, html  # ...as text
         assert "[1]" in answer  # Cove's own markers stay readable
+
+
+def wait_for_line(log, text: str, timeout: float = 120.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def open_stream_until_the_model_runs(url: str, model: str = "cove"):
+    """A streamed chat completion read until the pipeline reports its draft stage; returns the open
+    response (and its client), so a test can hang up on an answer that is running."""
+    client = httpx.Client(timeout=600)
+    request = client.build_request("POST", url + "/v1/chat/completions", json={
+        "model": model, "stream": True, "messages": [{"role": "user", "content": HEADS}]})  # fmt: skip
+    response = client.send(request, stream=True)
+    assert response.status_code == 200, response.read()
+    for line in response.iter_lines():
+        if '"stage": "draft"' in line:
+            return client, response
+    raise AssertionError("the stream ended before the draft stage")
+
+
+def test_an_answer_stops_when_its_client_hangs_up(library_copy_api, tmp_path):
+    """Three dropped streams kept a core busy for about 40 s: now a hang-up stops the answer (streamed
+    or not), the server says so, and the model is free for the next question at once."""
+    log = tmp_path / "serve.log"
+    with CoveApiServer(library_copy_api, log=log) as api:
+        client, response = open_stream_until_the_model_runs(api.url)
+        response.close()
+        client.close()
+        assert wait_for_line(log, "a streamed answer was stopped: its client hung up"), log.read_text()[-2000:]
+        # A client that gives up after 0.3 s, while its answer (two parts, CoVe: several model calls,
+        # a second or more even warm on a fast machine) is still running.
+        two_parts = HEADS[:-1] + ", and what dimension does each head's keys have?"
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(api.url + "/api/ask", json={"question": two_parts, "pipeline": "cove"}, timeout=0.3)
+        assert wait_for_line(log, "an answer was stopped: its client hung up"), log.read_text()[-2000:]
+        after = httpx.post(api.url + "/api/ask", json={"question": HEADS, "pipeline": "baseline"}, timeout=600)
+        assert after.status_code == 200 and "8" in tx.numbers(after.json()["answer"]), after.text
+        assert "Traceback" not in log.read_text()
+
+
+def test_queued_answers_are_capped_with_retry_after(library_copy_api, tmp_path):
+    """Waiting requests were uncapped, each holding a worker thread: beyond `answer.max_queued`, a
+    question is turned away at once with 503 and Retry-After, streamed or not. (The open stream that
+    the test stops reading holds its place until it is closed, however soon its answer ends.)"""
+    env = {"COVE_ANSWER__MAX_QUEUED": "0"}  # one answer at the model, none waiting
+    with CoveApiServer(library_copy_api, log=tmp_path / "serve.log", env=env) as api:
+        client, response = open_stream_until_the_model_runs(api.url)
+        try:
+            messages = [{"role": "user", "content": HEADS}]
+            for stream in (False, True):
+                body = {"model": "cove", "stream": stream, "messages": messages}
+                full = httpx.post(api.url + "/v1/chat/completions", json=body, timeout=60)
+                assert full.status_code == 503, full.text
+                assert full.json()["error"]["code"] == "too_many_answers" and full.headers["retry-after"] == "10"
+            asked = httpx.post(api.url + "/api/ask", json={"question": HEADS}, timeout=60)
+            assert asked.status_code == 503 and asked.headers["retry-after"] == "10"
+        finally:
+            response.close()
+            client.close()
+
+
+def test_only_coves_own_origin_may_post(server):
+    """Another page on this machine (another port) is a foreign origin: refused before any work."""
+    other = server.url.rsplit(":", 1)[0] + ":1"
+    for origin in (other, "null", "http://localhost:1"):
+        sent = httpx.post(server.url + "/api/search", json={"query": "attention"}, headers={"Origin": origin},
+                          timeout=60)  # fmt: skip
+        assert sent.status_code == 403 and sent.json()["error"]["code"] == "bad_origin", (origin, sent.text)
+    own = httpx.post(server.url + "/api/search", json={"query": "attention"}, headers={"Origin": server.url},
+                     timeout=120)  # fmt: skip
+    assert own.status_code == 200, own.text

@@ -107,6 +107,57 @@ def test_a_document_whose_chunks_the_store_lost_is_reindexed_not_skipped(cove_ho
     _agree(settings)
 
 
+KILLED_REBUILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from cove.lock import writer_lock
+    from cove.settings import load_settings
+    from ingest.pipeline import IngestPipeline
+    settings = load_settings({"home": sys.argv[1]})
+    pipeline = IngestPipeline(settings)
+    with writer_lock(settings.home_dir, "cove ingest --rebuild"):
+        pipeline._check_index_identity(rebuild=True)  # --rebuild's first step: the index is dropped
+        os.kill(os.getpid(), signal.SIGKILL)  # killed before any document is indexed again
+    """
+)
+
+
+def test_a_killed_rebuild_is_reported_by_ask_and_library(cove_home, tmp_path):
+    """After a `--rebuild` killed once the index was dropped, the catalog still lists its documents
+    `ok` and the store holds none: `cove ask` says so (not "The library does not cover this"),
+    `cove library` shows them not in the store, and the command both name puts it right."""
+    papers = tmp_path / "papers"
+    _note(papers, "alpha.md", "Alpha notes", "Alpha notes explain that the base model uses eight attention heads.")
+    _note(papers, "beta.md", "Beta notes", "Beta notes explain sinusoidal positional encodings in detail.")
+    settings = load_settings()
+    assert not ingest(expand_local(papers)[0], settings).failed
+    killed = subprocess.run([sys.executable, "-c", KILLED_REBUILD, str(cove_home)], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    records, stored = _catalog_and_store(settings)
+    assert stored == {} and [status for status, _ in records.values()] == ["ok", "ok"], (records, stored)
+
+    expected = (
+        "The catalog lists 2 documents but the store holds none (an interrupted `cove ingest --rebuild`?): "
+        "run `cove ingest --rebuild` to index them again."
+    )
+    asked = _cove("ask", "--pipeline", "baseline", "How many attention heads does the base model use?")
+    assert asked.returncode == 2, asked.stderr[-2000:]
+    assert expected in " ".join(asked.stderr.split()) and "Traceback" not in asked.stderr, asked.stderr[-2000:]
+    assert "does not cover" not in asked.stdout, asked.stdout
+    listed = _cove("library", env={"COLUMNS": "250"})  # wide enough for one line per document
+    assert listed.returncode == 0 and expected in " ".join(listed.stderr.split()), listed.stderr[-2000:]
+    assert listed.stdout.count("not in store") == 2, listed.stdout
+    documents = json.loads(_cove("library", "--json").stdout)
+    assert [d["status"] for d in documents] == ["not in store", "not in store"], documents
+    assert all("cove ingest --rebuild" in d["error"] for d in documents), documents
+
+    rebuilt = _cove("ingest", "--rebuild", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert [status for status, _ in _agree(settings).values()] == ["ok", "ok"]
+    assert [d["status"] for d in json.loads(_cove("library", "--json").stdout)] == ["ok", "ok"]
+
+
 # --- finding 7: one writer per home; readers see other processes' writes -----------------------------
 
 HOLDER = textwrap.dedent(

@@ -42,6 +42,7 @@ EXPECTED = {
     "injection-polite-request.txt": OK,
     "injection-multilingual.txt": OK,
     "injection-hidden.html": OK,
+    "injection-evasive.md": OK,
     "deep-nesting.html": OK,
     "long-line.txt": OK,
     "1706.03762.pdf": OK,  # named like the Transformer paper, without its stamp: indexed under its own id

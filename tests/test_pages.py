@@ -194,6 +194,32 @@ def test_a_render_past_its_deadline_is_stopped(home):
         highlighted_page(settings, TRANSFORMER, 3)
 
 
+def test_every_write_keeps_the_page_cache_within_its_limit(home, tmp_path):
+    """Distinct quotes on one page each write a highlighted image: after every one the cache holds at
+    most `app.page_cache_mb`, or only what that request wrote and read (the image, its page and the
+    page's geometry) when those alone are larger, and never loses the image it just served."""
+    private = tmp_path / "home"
+    shutil.copytree(home, private, ignore=shutil.ignore_patterns("pages"))  # a cache of its own, empty
+    settings = settings_for(private, page_cache_mb=1)
+    root = private / "cache" / "pages"
+    limit = 2**20
+    words = positions(settings, 5).text.split()
+    quotes = [" ".join(words[i : i + 6]) for i in range(0, 6 * 12, 6)]  # 12 distinct runs of six words
+    served = set()
+    for quote in quotes:
+        view = highlighted_page(settings, TRANSFORMER, 5, quote)
+        assert view.highlight == "quote", quote
+        assert view.png not in served
+        served.add(view.png)
+        files = {p: p.stat().st_size for p in root.glob("*/*")}
+        written = next(p for p in files if p.read_bytes() == view.png)  # the image just served is kept
+        total = sum(files.values())
+        base = [p for p in files if p.name.startswith("p5-") and "-h" not in p.name]
+        assert total <= limit or set(files) == {written, *base}, (total, sorted(p.name for p in files))
+    assert len(served) == len(quotes)
+    assert sum(p.stat().st_size for p in root.glob("*/*")) <= limit
+
+
 def test_a_poster_sized_page_renders_within_the_pixel_cap(tmp_path):
     """A 200 x 200 inch page (14400 pt square) at 2 px per point would be 829 million pixels."""
     from PIL import Image

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT, corpus_pdf
@@ -237,3 +238,50 @@ def test_attached_files_outside_the_export_are_never_read(tmp_path):
     indexed = [(d.source, d.status) for d in catalog.all()]
     catalog.close()
     assert indexed == [("notes.md", "ok")], indexed
+
+
+@pytest.mark.slow
+def test_a_hostile_bib_is_parsed_in_the_bounded_worker_and_the_rest_goes_on(tmp_path):
+    """2 MB of ``@article{x,`` lines (174,762 broken blocks), imported with a valid .bib through
+    `cove ingest --bibtex`: a bounded report, in seconds, and the valid entry is indexed. Past
+    parse.timeout_s or parse.max_memory_mb the whole file is one clear failure, and the rest goes on."""
+    hostile = tmp_path / "hostile.bib"
+    hostile.write_text("@article{x,\n" * (2 * 2**20 // 12))
+    good = tmp_path / "good.bib"
+    good.write_text("@misc{notes2024, title={Notes}, file={notes.md}}\n")
+    (tmp_path / "notes.md").write_text("# Notes\n\n" + "Rotary embeddings rotate queries and keys. " * 20)
+
+    def import_both(name: str, **limits: str) -> tuple[list[tuple[str, str]], str, float]:
+        env = {**os.environ, "COVE_HOME": str(tmp_path / name), "HF_HUB_OFFLINE": "1", **limits}
+        started = time.monotonic()
+        run = subprocess.run([sys.executable, "-m", "app.cli", "ingest", "--json", "--bibtex", str(hostile),
+                              "--bibtex", str(good)], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+        seconds = time.monotonic() - started
+        assert run.returncode == 1, run.stderr[-2000:]  # the hostile file failed
+        report = json.loads(run.stdout)
+        assert report["ingested"] == 1, report["results"][-3:]  # the valid entry's note, in the same run
+        catalog = Catalog(tmp_path / name / "library.sqlite")
+        indexed = [(d.source, d.status, d.citekey) for d in catalog.all()]
+        catalog.close()
+        assert indexed == [("notes.md", "ok", "notes2024")], indexed
+        failed = [(r["source"], r["reason"]) for r in report["results"] if r["status"] == "failed"]
+        return failed, run.stderr, seconds
+
+    # Within the limits: parsed (3 s, 440 MB in the worker), the broken blocks reported in 21 rows.
+    failed, stderr, seconds = import_both("within")
+    assert seconds < 45, seconds  # was 1 min 50 s (with a 175k-row table), or 16 s and 40 MB of --json
+    assert len(failed) == 21, len(failed)  # was 174,762: 20 blocks one by one, then one row for the rest
+    assert failed[0][0] == "hostile.bib: line 1: @article{x,"
+    assert failed[-1][0] == "hostile.bib: 174,742 more blocks" and "174,762 in all" in failed[-1][1], failed[-1]
+    assert len(stderr) < 20_000, stderr[-500:]  # was 27 MB: a log warning per block
+
+    # Past a bound: the whole file is one failure that says which bound.
+    failed, _, seconds = import_both("slow", COVE_PARSE__TIMEOUT_S="1")
+    assert failed == [(str(hostile), "the .bib file hostile.bib took longer than 1 s to read (parse.timeout_s): "
+                       "nothing in it was imported")], failed[:3]  # fmt: skip
+    assert seconds < 45, seconds
+    failed, _, _ = import_both("small", COVE_PARSE__MAX_MEMORY_MB="350")
+    ((_, reason),) = failed
+    assert reason.startswith("the .bib file hostile.bib ") and "350 MB" in reason, reason
+    assert "parse.max_memory_mb" in reason and reason.endswith("nothing in it was imported"), reason
