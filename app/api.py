@@ -30,7 +30,7 @@ Request bodies must declare their length and stay under `api.max_request_kb` (up
 `api.max_upload_mb`); questions under `api.max_question_chars`. Every error is JSON in OpenAI's
 shape: {"error": {"message", "type", "code"}}.
 
-One `cove.library.LibraryService` per process: every request shares its retriever and chat model,
+One `service.library.LibraryService` per process: every request shares its retriever and chat model,
 and questions queue on the model's lock.
 """
 
@@ -61,14 +61,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.documents import document_response
 from cove import events as ev
 from cove.answer import AnswerCancelled
-from cove.chat import LibraryEmpty
-from cove.conversations import citation_lines
-from cove.library import LibraryService, TooManyAnswers, library_json, shared_service
 from cove.llm import ModelError
 from cove.lock import LibraryBusy
 from cove.settings import CoveSettings
 from cove.store import StoreUnavailable
 from cove.untrusted import answer_text
+from service.chat import LibraryEmpty
+from service.conversations import citation_lines
+from service.library import LibraryService, TooManyAnswers, library_json, shared_service
 
 log = logging.getLogger("cove.api")
 

@@ -195,7 +195,7 @@ def _add_references(export: Path, chosen: list, bad: list, settings: CoveSetting
 
 
 def _report_json(report) -> dict[str, Any]:
-    from cove.library import report_json
+    from service.library import report_json
 
     return report_json(report)
 
@@ -234,8 +234,8 @@ def library(
 ) -> None:
     """List the documents in the library, with their status and any error."""
     from cove.catalog import not_stored_message, parse_summary
-    from cove.library import library_json
     from cove.sync import library_documents
+    from service.library import library_json
 
     settings = _settings(home)
     records = library_documents(settings)
@@ -327,7 +327,7 @@ def _print_answer(answer) -> None:
     out.print()
     out.print(answer.answer, markup=False, highlight=False)
     if answer.corrections:
-        from cove.conversations import correction_text
+        from service.conversations import correction_text
 
         lines = "; ".join(correction_text(c) for c in answer.corrections)
         console.print("[yellow]checks:[/] " + lines, highlight=False)

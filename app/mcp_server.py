@@ -15,7 +15,7 @@ Resources: `cove://papers/{doc_id}` (a document: title, source, pages, and its p
 models never corrupts the protocol); `cove mcp --http` serves streamable HTTP on 127.0.0.1 only,
 with the SDK's DNS-rebinding protection and a bearer token on every request (`api.token`, or one
 generated and printed at start). `add_paper` reads local paths only inside `ingest.allowed_roots`.
-Like `cove serve`, one `cove.library` service per process.
+Like `cove serve`, one `service.library` service per process.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp_types import Resource as MCPResource
 
-from cove.library import LibraryService, NotFound, library_json, shared_service
 from cove.settings import CoveSettings
 from cove.untrusted import answer_text
+from service.library import LibraryService, NotFound, library_json, shared_service
 
 INSTRUCTIONS = (
     "Cove is the user's private library of research papers. Use search_papers to find passages and "

@@ -1,6 +1,6 @@
 """Cove's web chat: ask the papers, watch the verification, open the cited page.
 
-A thin Streamlit layer over `cove.chat.ChatService` (answering, conversations, the library) and
+A thin Streamlit layer over `service.chat.ChatService` (answering, conversations, the library) and
 `ingest` (adding papers). Start it with `cove chat`; tests drive it with Streamlit's AppTest and a
 real headless Chromium. Layout:
 
@@ -25,10 +25,10 @@ import streamlit as st
 from app.markdown import answer_markdown, cited_page, is_pdf_citation, md, source_lines, verification_line
 from cove import events as ev
 from cove.catalog import parse_summary
-from cove.chat import ChatService, LibraryStatus, friendly_error
-from cove.conversations import Message, answer_note, correction_text, export_markdown
 from cove.settings import BUNDLED_CHAT_MODEL, CoveSettings, load_settings
-from cove.untrusted import allowed_paths
+from service.chat import ChatService, LibraryStatus, friendly_error
+from service.conversations import Message, answer_note, correction_text, export_markdown
+from service.library import add_papers as add_to_library
 
 STAGE_LABELS = {
     ev.Stage.RETRIEVE: "Searching the library…",
@@ -335,24 +335,18 @@ def add_papers_form(svc: ChatService) -> None:
 
 
 def add_papers(svc: ChatService, items: list[str], paths: list[str], uploads: list) -> None:
-    from ingest.sources import SourceError, collect_sources, from_upload
-
-    allowed, bad = allowed_paths(paths, svc.settings.app.local_roots, "app.local_roots")
-    sources, problems = collect_sources(paths=allowed, items=items)
-    bad += problems
-    limit = svc.settings.app.max_upload_mb * 2**20
-    for upload in uploads:
-        try:
-            sources.append(from_upload(upload.name, upload, svc.settings.uploads_dir, limit))  # streamed
-        except SourceError as err:
-            bad.append((upload.name, str(err)))
-    if not sources and not bad:
+    if not any(i.strip() for i in items) and not paths and not uploads:
         st.session_state.ingest_report = {"errors": ["Nothing to add: type an arXiv id or URL, or pick a PDF."]}
         return
-    run_ingest(svc, sources, bad)
+    run_ingest(
+        svc, items=[i for i in items if i.strip()], paths=paths,
+        uploads=[(upload.name, upload) for upload in uploads],  # streamed to disk, never held whole
+        roots=(svc.settings.app.local_roots, "app.local_roots"),  # local paths only inside these
+    )  # fmt: skip
 
 
-def run_ingest(svc: ChatService, sources: list, bad: list[tuple[str, str]]) -> None:
+def run_ingest(svc: ChatService, **inputs: Any) -> None:
+    """Add papers through the service (as the API and MCP do), with a progress bar and a report."""
     bar = st.progress(0.0, text="Starting…")
 
     def progress(event) -> None:
@@ -362,10 +356,8 @@ def run_ingest(svc: ChatService, sources: list, bad: list[tuple[str, str]]) -> N
         share = event.completed / event.total if event.total else 1.0
         bar.progress(min(1.0, start + (end - start) * share), text=md(f"{event.stage}: {event.source[-40:]}"))
 
-    from ingest.pipeline import ingest
-
     try:
-        report = ingest(sources, svc.settings, progress, bad_inputs=bad)
+        report = add_to_library(svc.settings, progress=progress, **inputs)
     except Exception as err:  # the library stays as it was; the next run resumes
         st.session_state.ingest_report = {"errors": [f"Adding papers failed: {friendly_error(err)}"]}
     else:
@@ -415,9 +407,7 @@ def welcome(svc: ChatService) -> None:
         "- **arXiv ids or URLs** (`2106.09685`, `https://…/paper.pdf`) in the same place."
     )
     if st.button("Add the curated reading list", key="add_reading_list"):
-        from ingest.sources import curated_reading_list
-
-        run_ingest(svc, curated_reading_list(), [])
+        run_ingest(svc, reading_list=True)
 
 
 # --- the page ------------------------------------------------------------------------------------------

@@ -37,10 +37,10 @@ import openai  # noqa: E402
 from servers import CoveApiServer  # noqa: E402
 
 from cove.answer import AnswerEngine  # noqa: E402
-from cove.library import LibraryService  # noqa: E402
 from cove.retrieve import Retriever  # noqa: E402
 from cove.settings import load_settings  # noqa: E402
 from evals.dataset import load_dataset  # noqa: E402
+from service.library import LibraryService  # noqa: E402
 
 OFF_TOPIC = ["What is the capital of France?", "Who won the 2018 FIFA World Cup?", "How do I bake sourdough bread?"]
 SEARCH_QUERIES = ["multi-head attention heads", "LoRA rank of the update matrices", "warmup steps learning rate"]

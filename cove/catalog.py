@@ -189,7 +189,7 @@ class Catalog:
 
 
 class LibraryEmpty(RuntimeError):
-    """No document of the library is ready to answer from (`cove.chat` and every surface report it)."""
+    """No document of the library is ready to answer from (`service.chat` and every surface report it)."""
 
 
 def documents_not_stored(catalog: Catalog, store) -> int:

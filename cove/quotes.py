@@ -23,15 +23,15 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from cove import text as tx
 from cove.checks import Evidence, number_term_tokens, terms_near
 from cove.question import Part, Question
+from cove.settings import QUOTE_WEIGHTS_FILE, fitted_quote_weights
 
-WEIGHTS_FILE = Path(__file__).with_name("quote_weights.json")
+WEIGHTS_FILE = QUOTE_WEIGHTS_FILE
 
 # name -> what it measures (the report and explain() print these)
 FEATURES: dict[str, str] = {
@@ -89,15 +89,14 @@ class Scored:
     features: dict[str, float] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=4)
-def _weights_from_file(path: str) -> dict[str, float]:
-    data = json.loads(Path(path).read_text())
-    return {k: float(v) for k, v in data["weights"].items()}
+@functools.cache
+def _shipped_weights() -> dict[str, float]:
+    return fitted_quote_weights()
 
 
 def default_weights() -> dict[str, float]:
-    """The fitted weights shipped with Cove (`evals/fit_quotes.py` writes them)."""
-    return dict(_weights_from_file(str(WEIGHTS_FILE)))
+    """The fitted weights shipped with Cove (`evals/fit_quotes.py` writes them); a copy to change."""
+    return dict(_shipped_weights())
 
 
 # What the gate looks at: the best candidate's score and the features that say whether it states

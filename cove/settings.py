@@ -308,17 +308,22 @@ class AnswerSettings(BaseModel):
     cove: CoveStepSettings = Field(default_factory=CoveStepSettings, description="Chain-of-verification steps.")
 
 
-def _fitted_weights() -> dict[str, float]:
-    from cove.quotes import default_weights
+# The quote scorer's fitted weights (evals/fit_quotes.py writes them). Read here, not through
+# cove.quotes: settings are the leaf every module imports, so they import no other Cove module.
+QUOTE_WEIGHTS_FILE = Path(__file__).with_name("quote_weights.json")
 
-    return default_weights()
+
+def fitted_quote_weights() -> dict[str, float]:
+    """The shipped weights of the named quote features."""
+    data = json.loads(QUOTE_WEIGHTS_FILE.read_text())
+    return {name: float(weight) for name, weight in data["weights"].items()}
 
 
 class QuoteSettings(BaseModel):
     """How the sentence that answers each part of a question is chosen (`cove.quotes`)."""
 
     weights: dict[str, float] = Field(
-        default_factory=_fitted_weights,
+        default_factory=fitted_quote_weights,
         description="Weight of each named quote feature (see cove/quotes.py FEATURES); the default is fitted on "
         "the dev set's tuning items by evals/fit_quotes.py and shipped in cove/quote_weights.json.",
     )

@@ -25,32 +25,10 @@ import logging
 import re
 from pathlib import Path
 
-from ingest.parse import ParseLimits
-from ingest.refmanagers import Reference, ReferenceError, arxiv_id_in, clean_doi, plain, read_export, split_names
-from ingest.workers import BIBTEX, ParseJob, ParseSupervisor, WorkerLimits
+from ingest.refentries import Reference, arxiv_id_in, clean_doi, plain, read_export, split_names
 
 ARXIV_HINT_FIELDS = ("journal", "journaltitle", "note", "howpublished", "number", "volume")
 MAX_BAD_BLOCKS = 20  # unreadable blocks reported one by one; a damaged file has thousands, counted in one row
-
-
-def parse_bibtex_bounded(
-    path: Path, limits: WorkerLimits | None = None
-) -> tuple[list[Reference], list[tuple[str, str]]]:
-    """`parse_bibtex` of the file at `path`, run in a parse worker under `limits` (default: the
-    default `parse.*` settings). A file that takes too long or needs too much memory raises
-    `ReferenceError` saying which bound it crossed."""
-    limits = limits or WorkerLimits(ParseLimits())
-    with ParseSupervisor(limits, workers=1) as supervisor:
-        (outcome,) = list(supervisor.run([ParseJob(str(path.absolute()), BIBTEX)]))
-    if outcome.error is None:
-        return outcome.document
-    if outcome.limit == "time":
-        reason = f"took longer than {limits.timeout_s:g} s to read (parse.timeout_s)"
-    elif outcome.limit == "memory":
-        reason = f"needed more than {limits.max_memory_mb} MB of memory to read (parse.max_memory_mb)"
-    else:  # CPython does not always survive running out of address space: the worker may just die
-        reason = f"could not be read within parse.max_memory_mb ({limits.max_memory_mb} MB): {outcome.error}"
-    raise ReferenceError(f"the .bib file {path.name} {reason}: nothing in it was imported")
 
 
 def read_bibtex(path: Path) -> tuple[list[Reference], list[tuple[str, str]]]:

@@ -18,55 +18,22 @@ An entry that names none of these, or whose only file is missing, is reported wi
 the reason; the others are ingested. Re-importing the same export is incremental: unchanged
 documents are skipped by the pipeline (content hash), and a changed citekey is updated in place.
 The entry parsers live in `ingest.bibtex` and `ingest.zotero`; a `.bib` is parsed in a parse worker
-under `parse.timeout_s` and `parse.max_memory_mb`, like a PDF (`ingest.bibtex.parse_bibtex_bounded`).
+under `parse.timeout_s` and `parse.max_memory_mb`, like a PDF (`parse_bibtex_bounded`).
 (The bibliography *inside* a paper is parsed by `ingest.references`.)
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ingest.arxiv import TEXT_RE, doc_id_for, parse_arxiv_id
+from ingest import zotero
+from ingest.arxiv import doc_id_for, parse_arxiv_id
+from ingest.refentries import ARXIV_DOI, Reference, ReferenceError, read_export
+
+__all__ = ["Reference", "ReferenceError", "load_references", "to_source"]
+from ingest.parse import ParseLimits
 from ingest.sources import LOCAL_KINDS, Source, SourceError, dedupe, from_arxiv, from_path, from_url
-
-MAX_EXPORT_BYTES = 32 * 1024 * 1024  # a library of tens of thousands of entries; more is not an export
-ARXIV_DOI = re.compile(r"^10\.48550/arxiv\.(.+)$", re.I)
-DOI = re.compile(r"^10\.\d{4,9}/\S+$")
-
-if TYPE_CHECKING:
-    from ingest.workers import WorkerLimits
-
-
-class ReferenceError(ValueError):
-    """The export file itself cannot be read (not the entries in it)."""
-
-
-@dataclass
-class Reference:
-    """One entry of an export, in the terms Cove needs."""
-
-    citekey: str
-    title: str = ""
-    authors: list[str] = field(default_factory=list)
-    year: str = ""
-    arxiv_id: str = ""
-    doi: str = ""
-    urls: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)  # as written in the export
-
-
-def read_export(path: Path) -> str:
-    """The export's text, bounded in size; a clear `ReferenceError` if it cannot be read."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_EXPORT_BYTES:
-            raise ReferenceError(f"{path.name}: {size / 2**20:.0f} MB is over the {MAX_EXPORT_BYTES >> 20} MB limit")
-        return path.read_text(encoding="utf-8-sig", errors="replace")
-    except OSError as err:
-        raise ReferenceError(f"cannot read {path}: {err.strerror or err}") from err
+from ingest.workers import BIBTEX, ParseJob, ParseSupervisor, WorkerLimits
 
 
 def load_references(
@@ -75,14 +42,12 @@ def load_references(
     """Sources for every entry of a BibTeX or Zotero export, plus (entry, reason) for the rest.
     Attached files are read inside the export's folder and `roots` only. A BibTeX file is parsed in a
     parse worker under `limits` (default: the default `parse.*` limits)."""
-    from ingest import bibtex, zotero
-
     path = Path(path).expanduser()
     text = read_export(path)
     if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
         references, bad = zotero.parse_csl_json(text, path.name)
     else:
-        references, bad = bibtex.parse_bibtex_bounded(path, limits)
+        references, bad = parse_bibtex_bounded(path, limits)
     sources: list[Source] = []
     for reference in references:
         try:
@@ -90,6 +55,26 @@ def load_references(
         except SourceError as err:
             bad.append((f"{path.name}: {reference.citekey or '(no citekey)'}", str(err)))
     return dedupe(sources), bad
+
+
+def parse_bibtex_bounded(
+    path: Path, limits: WorkerLimits | None = None
+) -> tuple[list[Reference], list[tuple[str, str]]]:
+    """`ingest.bibtex.parse_bibtex` of the file at `path`, run in a parse worker under `limits` (default: the
+    default `parse.*` settings). A file that takes too long or needs too much memory raises
+    `ReferenceError` saying which bound it crossed."""
+    limits = limits or WorkerLimits(ParseLimits())
+    with ParseSupervisor(limits, workers=1) as supervisor:
+        (outcome,) = list(supervisor.run([ParseJob(str(path.absolute()), BIBTEX)]))
+    if outcome.error is None:
+        return outcome.document
+    if outcome.limit == "time":
+        reason = f"took longer than {limits.timeout_s:g} s to read (parse.timeout_s)"
+    elif outcome.limit == "memory":
+        reason = f"needed more than {limits.max_memory_mb} MB of memory to read (parse.max_memory_mb)"
+    else:  # CPython does not always survive running out of address space: the worker may just die
+        reason = f"could not be read within parse.max_memory_mb ({limits.max_memory_mb} MB): {outcome.error}"
+    raise ReferenceError(f"the .bib file {path.name} {reason}: nothing in it was imported")
 
 
 def to_source(reference: Reference, base_dir: Path, roots: list[Path] = ()) -> Source:
@@ -119,23 +104,6 @@ def to_source(reference: Reference, base_dir: Path, roots: list[Path] = ()) -> S
     source.authors = reference.authors or source.authors
     source.year = reference.year or source.year
     return source
-
-
-def arxiv_id_in(text: str) -> str:
-    """An arXiv id in free text ("arXiv preprint arXiv:2106.09685", "arXiv:1706.03762v7"), or ""."""
-    text = text.strip()
-    if not text:
-        return ""
-    direct = parse_arxiv_id(text)
-    if direct:
-        return direct
-    found = TEXT_RE.search(text)
-    return found.group(1) if found else ""
-
-
-def clean_doi(value: str) -> str:
-    value = re.sub(r"^(?:https?://(?:dx\.)?doi\.org/|doi:)", "", value.strip(), flags=re.I)
-    return value if DOI.match(value) else ""
 
 
 def _arxiv_from_links(reference: Reference) -> str:
@@ -171,23 +139,3 @@ def _attached_file(files: list[str], base_dir: Path, roots: list[Path]) -> tuple
     existing.sort(key=lambda p: p.suffix.lower() != ".pdf")
     return (existing[0] if existing else None), missing, outside
 
-
-def split_names(value: str) -> list[str]:
-    """BibTeX author lists ("Vaswani, Ashish and Shazeer, Noam") as display names."""
-    names = []
-    for name in re.split(r"\s+and\s+", value.strip()):
-        name = " ".join(name.split())
-        if "," in name:
-            last, _, first = name.partition(",")
-            name = f"{first.strip()} {last.strip()}".strip()
-        if name:
-            names.append(name)
-    return names
-
-
-def plain(text: str) -> str:
-    """LaTeX-ish field text as plain text: braces, common escapes and accents dropped."""
-    text = re.sub(r"\\[`'^\"~=.uvHcdbtk]\{?([A-Za-z])\}?", r"\1", text)  # \'{e} -> e
-    text = re.sub(r"\\(?:textit|textbf|emph|mathrm|textrm|texttt)\s*\{", "{", text)
-    text = text.replace("\\&", "&").replace("\\%", "%").replace("\\_", "_").replace("~", " ")
-    return " ".join(text.replace("{", "").replace("}", "").split())

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from ingest.bibtex import file_paths
-from ingest.refmanagers import Reference, ReferenceError, arxiv_id_in, clean_doi
+from ingest.refentries import Reference, ReferenceError, arxiv_id_in, clean_doi
 
 _KEY_LIKE = re.compile(r"^[A-Za-z][\w:.+\-]*$")
 

@@ -14,8 +14,8 @@ from streamlit.testing.v1 import AppTest
 from app.markdown import answer_markdown, citation_link, md
 from cove.answer import REFUSAL
 from cove.catalog import Catalog, DocumentRecord
-from cove.conversations import ConversationStore, export_markdown
 from cove.untrusted import plain_text
+from service.conversations import ConversationStore, export_markdown
 
 APP = str(ROOT / "app" / "streamlit_app.py")
 HEADS = "How many attention heads does the base Transformer use?"

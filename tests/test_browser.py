@@ -133,9 +133,9 @@ def test_show_on_page_highlights_the_quote(app_url, browser, tmp_path):
     from PIL import Image, ImageChops, ImageDraw
 
     from app.pages import locate_boxes, merge_line_boxes, pixel_rects
-    from cove.conversations import ConversationStore
     from cove.settings import load_settings
     from ingest.layout import load_positions, page_box, positions_path
+    from service.conversations import ConversationStore
 
     page = browser.new_page(viewport={"width": 1300, "height": 1400})
     page.goto(app_url)

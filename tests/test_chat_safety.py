@@ -18,9 +18,9 @@ from test_answer import HEADS
 from cove import events as ev
 from cove import llm
 from cove.answer import AnswerDeadline, AnswerEngine
-from cove.chat import ChatService, session_overrides
-from cove.conversations import ConversationStore, export_markdown
 from cove.settings import ModelSettings, with_overrides
+from service.chat import ChatService, session_overrides
+from service.conversations import ConversationStore, export_markdown
 
 pytestmark = pytest.mark.slow
 

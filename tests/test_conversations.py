@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from conftest import make_text_pdf
 
-from cove.chat import ChatService, LibraryEmpty, friendly_error
-from cove.conversations import ConversationStore, export_markdown
 from cove.llm import ModelError
 from cove.settings import load_settings
 from ingest.sources import SourceError, collect_sources, from_upload
+from service.chat import ChatService, LibraryEmpty, friendly_error
+from service.conversations import ConversationStore, export_markdown
 
 ANSWER = {
     "answer": "The base model uses 8 heads [1].",

@@ -18,12 +18,12 @@ import pytest
 from conftest import corpus_pdf, make_text_pdf
 
 from cove.catalog import Catalog
-from cove.chat import ChatService
 from cove.lock import LibraryBusy, writer_lock
 from cove.settings import load_settings
 from cove.store import ChunkStore
 from ingest.pipeline import ingest
 from ingest.sources import collect_sources, expand_local, from_path, from_upload
+from service.chat import ChatService
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ def test_lcel_chain_with_cove_retriever_returns_pages(small_library):
     from langchain_core.documents import Document
     from langchain_core.runnables import RunnableLambda, RunnableParallel
 
-    from cove.integrations.langchain import CoveRetriever
     from cove.store import ChunkStore
+    from service.integrations.langchain import CoveRetriever
 
     retriever = CoveRetriever(settings=small_library, k=4)
     cite = RunnableLambda(lambda docs: [f"{d.metadata['title']} p.{d.metadata['page']}" for d in docs])
@@ -42,7 +42,7 @@ def test_answer_runnable_takes_question_and_history(small_library):
     from langchain_core.messages import AIMessage, HumanMessage
     from langchain_core.runnables import RunnableParallel
 
-    from cove.integrations.langchain import CoveAnswerer, CoveRetriever
+    from service.integrations.langchain import CoveAnswerer, CoveRetriever
 
     chain = RunnableParallel(
         answer=CoveAnswerer(settings=small_library, pipeline="baseline"),

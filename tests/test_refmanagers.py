@@ -14,10 +14,10 @@ import pytest
 from conftest import ROOT, corpus_pdf
 
 from cove.catalog import Catalog
-from cove.conversations import citation_lines
 from ingest.bibtex import file_paths, parse_bibtex
 from ingest.refmanagers import ReferenceError, load_references
 from ingest.zotero import parse_csl_json
+from service.conversations import citation_lines
 
 BIB = r"""
 @article{vaswani2017attention,

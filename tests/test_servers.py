@@ -195,7 +195,7 @@ def llama_server(tmp_path):
 
 
 def test_model_server_stopped_mid_answer_keeps_the_conversation_and_comes_back(small_library, llama_server, tmp_path):
-    from cove.chat import ChatService
+    from service.chat import ChatService
 
     settings = with_overrides(
         small_library,

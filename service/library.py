@@ -6,7 +6,7 @@
     service.add(["2106.09685", "https://example.org/paper.pdf"])
     service.page_text("arxiv-1706.03762", 4)
 
-It sits on the chat app's `cove.chat.ChatService`, so every front end in a process shares one
+It sits on the chat app's `service.chat.ChatService`, so every front end in a process shares one
 retriever (embedding model, Chroma, BM25) and one chat model, whose lock is the queue all questions
 wait in. Unlike the chat app, the caller brings the conversation (OpenAI messages, an MCP tool
 argument, a LangChain input), so nothing is written to the app's chats.
@@ -25,9 +25,10 @@ from typing import Any
 
 from cove.answer import Answer, AnswerEngine, citation_url
 from cove.catalog import STATUS_OK, DocumentRecord
-from cove.chat import ChatService, LibraryEmpty
 from cove.events import EventCallback
 from cove.settings import CoveSettings
+from cove.untrusted import allowed_paths
+from service.chat import ChatService, LibraryEmpty
 
 PIPELINES = ("cove", "baseline")
 
@@ -241,24 +242,43 @@ class LibraryService:
         A path is read only if it resolves (symlinks followed) inside `ingest.allowed_roots`: the API
         and MCP clients that call this are not the user at the keyboard, and a prompt-injected agent
         must not be able to index (and then read back) any file on the disk."""
-        from cove.untrusted import allowed_paths
-        from ingest.pipeline import ingest
-        from ingest.sources import collect_sources
-
-        readable, refused = allowed_paths(paths, self.settings.ingest.allowed_roots, "ingest.allowed_roots")
-        sources, bad = collect_sources(paths=readable, items=list(items))
-        return report_json(ingest(sources, self.settings, progress, bad_inputs=refused + bad))
+        roots = (self.settings.ingest.allowed_roots, "ingest.allowed_roots")
+        return report_json(add_papers(self.settings, items, paths, roots=roots, progress=progress))
 
     def add_upload(self, name: str, data: bytes, max_bytes: int) -> dict[str, Any]:
         """Ingest an uploaded PDF (saved under the data directory's uploads); the ingest report."""
-        from ingest.pipeline import ingest
-        from ingest.sources import SourceError, from_upload
+        return report_json(add_papers(self.settings, uploads=[(name, data)], max_upload_bytes=max_bytes))
 
+
+def add_papers(
+    settings: CoveSettings,
+    items: Sequence[str] = (),
+    paths: Sequence[str] = (),
+    uploads: Sequence[tuple[str, Any]] = (),
+    roots: tuple[Sequence[str], str] = ((), "ingest.allowed_roots"),
+    max_upload_bytes: int | None = None,
+    progress: Callable[[Any], None] | None = None,
+    reading_list: bool = False,
+):
+    """The one way a front end adds papers: arXiv ids and URLs, local paths (only those that resolve
+    inside `roots`, the folders and the setting that names them), uploads as (file name, bytes or a
+    readable file) streamed to disk under the size limit, and with `reading_list` the curated papers.
+    Returns the `IngestReport`; inputs that cannot be read are in its failures, with the reason."""
+    from ingest.pipeline import ingest
+    from ingest.sources import SourceError, collect_sources, curated_reading_list, from_upload
+
+    allowed_roots, setting = roots
+    readable, refused = allowed_paths(paths, allowed_roots, setting) if paths else ([], [])
+    sources, bad = collect_sources(paths=readable, items=list(items)) if readable or items else ([], [])
+    limit = max_upload_bytes if max_upload_bytes is not None else settings.app.max_upload_mb * 2**20
+    for name, data in uploads:
         try:
-            sources, bad = [from_upload(name, data, self.settings.uploads_dir, max_bytes)], []
+            sources.append(from_upload(name, data, settings.uploads_dir, limit))
         except SourceError as err:
-            sources, bad = [], [(name, str(err))]
-        return report_json(ingest(sources, self.settings, bad_inputs=bad))
+            bad.append((name, str(err)))
+    if reading_list:
+        sources += curated_reading_list()
+    return ingest(sources, settings, progress, bad_inputs=refused + bad)
 
 
 _SERVICES: dict[str, LibraryService] = {}

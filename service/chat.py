@@ -26,14 +26,14 @@ from typing import Any
 
 from cove.answer import AnswerDeadline, AnswerEngine
 from cove.catalog import STATUS_FAILED, STATUS_OK, DocumentRecord, LibraryEmpty
-from cove.conversations import ConversationStore, Message
 from cove.events import EventCallback
 from cove.llm import ModelCrashed, ModelError
 from cove.lock import LibraryBusy
 from cove.settings import CoveSettings, with_overrides
 from cove.store import StoreUnavailable
+from service.conversations import ConversationStore, Message
 
-log = logging.getLogger("cove.chat")
+log = logging.getLogger("service.chat")
 
 # `LibraryEmpty` is defined beside the catalog (the retriever raises it too); the front ends import it from here.
 

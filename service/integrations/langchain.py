@@ -1,6 +1,6 @@
 """Cove in LangChain: its hybrid search as a retriever, its checked answers as a runnable.
 
-    from cove.integrations.langchain import CoveAnswerer, CoveRetriever
+    from service.integrations.langchain import CoveAnswerer, CoveRetriever
 
     retriever = CoveRetriever(k=4)              # the library in COVE_HOME (settings as for the CLI)
     docs = retriever.invoke("How is LoRA's B matrix initialized?")
@@ -9,7 +9,7 @@
     answerer = CoveAnswerer(pipeline="cove")    # input: a question, or {"question", "history"?, "pipeline"?}
     answerer.invoke({"question": "And its A matrix?", "history": [...]})   # the `cove ask --json` dict
 
-Both run in-process on the shared `cove.library` service (one embedding model, one chat model and
+Both run in-process on the shared `service.library` service (one embedding model, one chat model and
 its queue per process), so they compose in LCEL chains with anything else; see the README for a
 chain that returns the checked answer beside the retrieved pages. Only `langchain-core` is needed.
 """
@@ -24,8 +24,8 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableConfig
 from pydantic import ConfigDict
 
-from cove.library import LibraryService, shared_service
 from cove.settings import CoveSettings, load_settings
+from service.library import LibraryService, shared_service
 
 _ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant"}
 
