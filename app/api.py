@@ -60,7 +60,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.documents import document_response
 from cove import events as ev
-from cove.answer import AnswerCancelled
+from cove.engine import AnswerCancelled
 from cove.llm import ModelError
 from cove.lock import LibraryBusy
 from cove.settings import CoveSettings

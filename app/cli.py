@@ -353,8 +353,8 @@ def ask(
     home: HomeOpt = None,
 ) -> None:
     """Answer a question from the library, with verified, page-level citations."""
-    from cove.answer import AnswerEngine
     from cove.catalog import LibraryEmpty
+    from cove.engine import AnswerEngine
     from cove.llm import ModelError
 
     if pipeline not in (None, "cove", "baseline"):

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cove.answer import AnswerEngine  # noqa: E402
+from cove.engine import AnswerEngine  # noqa: E402
 from cove.settings import load_settings  # noqa: E402
 
 QUESTIONS = Path(__file__).with_name("retrieval_questions.jsonl")

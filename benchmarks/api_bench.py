@@ -36,7 +36,7 @@ import load_bench  # noqa: E402
 import openai  # noqa: E402
 from servers import CoveApiServer  # noqa: E402
 
-from cove.answer import AnswerEngine  # noqa: E402
+from cove.engine import AnswerEngine  # noqa: E402
 from cove.retrieve import Retriever  # noqa: E402
 from cove.settings import load_settings  # noqa: E402
 from evals.dataset import load_dataset  # noqa: E402

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cove.answer import AnswerEngine  # noqa: E402
+from cove.engine import AnswerEngine  # noqa: E402
 from cove.llm import load_chat_model, resolve_model_path  # noqa: E402
 from cove.retrieve import Retriever  # noqa: E402
 from cove.settings import BUNDLED_CHAT_MODEL, load_settings, with_overrides  # noqa: E402

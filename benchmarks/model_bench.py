@@ -134,7 +134,7 @@ def heldout_questions(n: int) -> list[dict]:
 
 def run_cove(home: Path, questions: list[dict]) -> dict:
     """Both pipelines over `questions` with the default settings; speeds and answer times."""
-    from cove.answer import AnswerEngine
+    from cove.engine import AnswerEngine
     from cove.events import FirstQuotes
     from cove.settings import load_settings
 

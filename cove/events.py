@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cove.answer import Answer
+    from cove.engine.model import Answer
 
 
 class Stage(StrEnum):

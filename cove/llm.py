@@ -22,18 +22,22 @@ server's unknown model) get a zero-width space after their first character, so t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cove.settings import BUNDLED_CHAT_MODEL, ModelSettings
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger("cove.llm")
 
@@ -88,6 +92,12 @@ def neutralise_messages(messages: list[Message], control_tokens: frozenset[str] 
     return [{**m, "content": neutralise_control_tokens(m.get("content", ""), control_tokens)} for m in messages]
 
 
+# Headers the openai SDK would add on its own: the user's organisation and project from the
+# environment, and the machine's OS, CPU and Python. A model server needs none of them.
+_UNSENT_HEADERS = (
+    "OpenAI-Organization", "OpenAI-Project", "X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS",
+    "X-Stainless-Arch", "X-Stainless-Runtime", "X-Stainless-Runtime-Version",
+)  # fmt: skip
 WAIT_POLL_S = 0.25  # how often a queued call asks its caller whether to keep waiting
 
 
@@ -289,21 +299,25 @@ class LlamaCppModel(ChatModel):
         return self.llm.tokenize(self.render(messages).encode(), add_bos=False, special=True)
 
     def _cached_prefix(self, tokens: list[int]) -> int:
-        """Prompt tokens llama.cpp will not recompute: in the live context or in the state cache."""
-        from llama_cpp import Llama
+        """Prompt tokens llama.cpp will not recompute: the longest prefix `tokens` share with the live
+        context or with the saved state llama.cpp will restore for them.
 
+        `create_completion` looks the prompt up in its state cache (`cache[tokens]`, the mapping
+        interface: the saved state with the longest common prefix) and restores that state when it
+        shares more with the prompt than the live context does; this asks the cache the same question
+        and counts the common prefix of the token lists itself."""
         llm = self.llm
-        live = Llama.longest_token_prefix(llm._input_ids.tolist(), tokens)
-        cache = llm.cache
-        if cache is not None:
-            try:
-                key = cache._find_longest_prefix_key(tuple(tokens))
-                if key is not None:
-                    live = max(live, Llama.longest_token_prefix(key, tokens))
-            except Exception:  # a private API; counting is best-effort, generation is unaffected
-                pass
+        live = _common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+        saved = 0
+        if llm.cache is not None:
+            try:  # the lookup marks the state recently used, as create_completion's own lookup will
+                state = llm.cache[tokens]
+            except KeyError:  # no saved state shares a token with this prompt
+                state = None
+            if state is not None:
+                saved = _common_prefix(state.input_ids[: state.n_tokens].tolist(), tokens)
         # llama.cpp always re-evaluates the last prompt token to get logits for the next one.
-        return min(live, len(tokens) - 1)
+        return min(max(live, saved), len(tokens) - 1)
 
     def chat(self, messages, max_tokens=256, stop=None, on_token=None, on_wait=None) -> Completion:
         if not self._lock.acquire(blocking=False):
@@ -363,7 +377,12 @@ class LlamaCppModel(ChatModel):
 
 
 class OpenAIChatModel(ChatModel):
-    """Any server with an OpenAI-compatible /v1/chat/completions (llama.cpp server, vLLM, Ollama)."""
+    """Any server with an OpenAI-compatible /v1/chat/completions (llama.cpp server, vLLM, Ollama),
+    spoken to with the official `openai` SDK, streaming.
+
+    What the server says when it fails (an error body, an error event in the stream) goes to the log,
+    never into the chat: a server, or whatever answers at that URL, must not be able to put its text
+    in front of the user as Cove's. The error the caller gets names only the status and the URL."""
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
@@ -372,56 +391,62 @@ class OpenAIChatModel(ChatModel):
             self.base_url += "/v1"
         self.name = settings.openai_model or "default"
 
-    def chat(self, messages, max_tokens=256, stop=None, on_token=None, on_wait=None) -> Completion:
-        import httpx
+    @cached_property
+    def client(self) -> openai.OpenAI:
+        """One client per model (its connection pool is shared by concurrent callers; it is thread-safe)."""
+        import openai
 
-        body = {
+        return openai.OpenAI(
+            base_url=self.base_url,
+            # The SDK falls back to OPENAI_API_KEY when given no key: the user's OpenAI key must never
+            # go to another server, so a key is always passed (a placeholder, never sent; see `_headers`).
+            api_key=self.settings.openai_api_key or "no-key",
+            timeout=openai.Timeout(self.settings.timeout_s, connect=5.0),
+            max_retries=0,  # a retried answer would stream twice into the same chat
+            # Nor do OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment go to the server, nor the
+            # SDK's description of this machine (OS, CPU architecture, Python version).
+            default_headers={name: openai.Omit() for name in _UNSENT_HEADERS},
+        )
+
+    def _headers(self) -> dict:
+        """Per-request headers: no Authorization at all when no key is configured (as a plain client)."""
+        import openai
+
+        return {} if self.settings.openai_api_key else {"Authorization": openai.Omit()}
+
+    def chat(self, messages, max_tokens=256, stop=None, on_token=None, on_wait=None) -> Completion:
+        request = {
             "model": self.name,
             "messages": neutralise_messages(messages),  # the server's template must not see control strings
             "max_tokens": max_tokens,
             "temperature": self.settings.temperature,
             "stream": True,
-            "stream_options": {"include_usage": True},
+            "stream_options": {"include_usage": True},  # the last chunk carries the token counts
+            "extra_headers": self._headers(),
         }
         if stop:
-            body["stop"] = stop
-        headers = {"Authorization": f"Bearer {self.settings.openai_api_key}"} if self.settings.openai_api_key else {}
+            request["stop"] = stop
         started = time.perf_counter()
+        first = 0.0
         parts: list[str] = []
-        usage: dict = {}
+        usage = None
         finish = ""
-        timeout = httpx.Timeout(self.settings.timeout_s, connect=5.0)
         try:
-            with httpx.stream(
-                "POST", f"{self.base_url}/chat/completions", json=body, headers=headers, timeout=timeout
-            ) as response:
-                if response.status_code >= 400:
-                    # The body goes to the log, not into the chat: a server (or whatever answers at
-                    # that URL) must not be able to put its text in front of the user as Cove's.
-                    log.warning(
-                        "model server %s answered HTTP %s: %r",
-                        self.base_url,
-                        response.status_code,
-                        response.read()[:1000],
-                    )
-                    raise ModelError(f"model server {self.base_url} answered HTTP {response.status_code}")
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    event = json.loads(data)
-                    usage = event.get("usage") or usage
-                    for choice in event.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content") or ""
-                        finish = choice.get("finish_reason") or finish
-                        if piece:
-                            parts.append(piece)
-                            if on_token:
-                                on_token(piece)
-        except httpx.HTTPError as err:
-            raise ModelError(f"model server {self.base_url} is unreachable or stopped mid-answer: {err}") from err
+            stream = self.client.chat.completions.create(**request)
+        except _server_failures() as err:
+            raise self._error(err) from err
+        with stream:  # closed however the loop ends: an on_token that raises stops the stream here
+            for chunk in self._chunks(stream):
+                first = first or time.perf_counter()
+                usage = chunk.usage or usage
+                for choice in chunk.choices or []:
+                    piece = (choice.delta.content if choice.delta else None) or ""
+                    finish = choice.finish_reason or finish
+                    if piece:
+                        parts.append(piece)
+                        if on_token:
+                            on_token(piece)
+        ended = time.perf_counter()
         if not finish:
             # A stream that ends without a finish reason was cut, not finished: llama_cpp.server does
             # this to a running answer when another request arrives, unless started with
@@ -431,16 +456,66 @@ class OpenAIChatModel(ChatModel):
                 "interrupted it? start llama_cpp.server with --interrupt_requests False)"
             )
         text = "".join(parts)
-        prompt_tokens = int(usage.get("prompt_tokens") or sum(len(m["content"]) for m in messages) // 4)
-        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        # A server that reports no usage: estimated at about four characters a token.
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or sum(len(m["content"]) for m in messages) // 4)
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = int(getattr(details, "cached_tokens", 0) or 0)
         return Completion(
             text=text,
             prefill_tokens=prompt_tokens - cached,
-            decode_tokens=int(usage.get("completion_tokens") or max(1, len(text) // 4)),
+            decode_tokens=int(getattr(usage, "completion_tokens", 0) or max(1, len(text) // 4)),
             prompt_tokens=prompt_tokens,
-            seconds=time.perf_counter() - started,
+            seconds=ended - started,
             finish_reason=finish,
+            prefill_seconds=(first or ended) - started,
+            decode_seconds=ended - first if first else 0.0,
         )
+
+    def _chunks(self, stream) -> Iterator:
+        """The stream's chunks, the server's failures raised as `ModelError`. Only reading the stream
+        is guarded: what the caller's `on_token` raises (a cancel, a deadline) passes through as it is."""
+        try:
+            yield from stream
+        except _server_failures() as err:
+            raise self._error(err) from err
+
+    def _error(self, err: Exception) -> ModelError:
+        """A failure of the server or the way to it (one of `_server_failures`), as the `ModelError`
+        a user may read."""
+        import httpx
+        import openai
+
+        if isinstance(err, openai.APIStatusError):
+            log.warning("model server %s answered HTTP %s: %r", self.base_url, err.status_code,
+                        err.response.content[:1000])  # fmt: skip
+            return ModelError(f"model server {self.base_url} answered HTTP {err.status_code}")
+        if isinstance(err, (openai.APIConnectionError, httpx.HTTPError)):  # refused, timed out, cut off
+            cause = err.__cause__ or err
+            return ModelError(f"model server {self.base_url} is unreachable or stopped mid-answer: {cause}")
+        if isinstance(err, openai.APIError):  # an error event inside the stream
+            log.warning("model server %s sent an error mid-answer: %r", self.base_url, str(err.body)[:1000])
+            return ModelError(f"model server {self.base_url} reported an error mid-answer")
+        log.warning("model server %s sent a malformed stream: %s", self.base_url, err)  # an event not JSON
+        return ModelError(f"model server {self.base_url} sent a malformed answer stream")
+
+
+def _server_failures() -> tuple[type[Exception], ...]:
+    """What talking to a model server can raise: the SDK's errors (HTTP status, connection, an error
+    event), the transport's (a stream cut off mid-read) and a JSON decoding error (`ValueError`)."""
+    import httpx
+    import openai
+
+    return (openai.APIError, httpx.HTTPError, ValueError)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many tokens two token lists share from the start."""
+    n = 0
+    for x, y in zip(a, b, strict=False):  # the shorter list bounds the prefix
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _control_tokens(llm) -> frozenset[str]:

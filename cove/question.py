@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from cove import text as tx
 
-MAX_PARTS = 4
+MAX_PARTS = 4  # the default of `answer.max_parts`
 
 _WH = r"(?:what|which|who|whom|whose|where|when|why|how|does|do|did|is|are|was|were|can|could|has|have)"
 # ", and how many ...", " and what ...", "; which ...", "? How ..."
@@ -74,6 +74,7 @@ class Question:
     parts: list[Part]
     why: bool = False
     papers: set[str] = field(default_factory=set)  # every document the question names
+    dropped: list[str] = field(default_factory=list)  # parts beyond `max_parts`, not answered (and said so)
 
     @property
     def multi_part(self) -> bool:
@@ -96,8 +97,9 @@ def question_terms(text: str) -> set[str]:
     return tx.key_terms(text, min_len=3) | {tx.stem(e) for e in tx.entities(text)}
 
 
-def analyze(question: str, named: Callable[[str], set[str]] | None = None) -> Question:
-    """The question cut into parts. `named(text)` gives the documents a text names (aliases)."""
+def analyze(question: str, named: Callable[[str], set[str]] | None = None, max_parts: int = MAX_PARTS) -> Question:
+    """The question cut into parts, at most `max_parts` (the others are listed in `dropped`).
+    `named(text)` gives the documents a text names (aliases)."""
     named = named or (lambda _text: set())
     pieces = [p for p in (_strip_ends(c) for c in _CLAUSE_BREAK.split(question)) if p]
     setting, pieces = _setting(pieces)
@@ -119,7 +121,8 @@ def analyze(question: str, named: Callable[[str], set[str]] | None = None) -> Qu
         if part.focus - shared:
             part.context |= part.focus & shared
             part.focus -= shared
-    return Question(question, parts[:MAX_PARTS], bool(_WHY.match(question)), papers)
+    dropped = [p.text for p in parts[max_parts:]]
+    return Question(question, parts[:max_parts], bool(_WHY.match(question)), papers, dropped)
 
 
 _ASKING = re.compile(rf"\b{_WH}\b", re.IGNORECASE)

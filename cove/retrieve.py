@@ -186,7 +186,8 @@ class Retriever:
                 from_aliases.setdefault(key, set()).add(record.doc_id)
         index = {**from_titles, **from_aliases}
         # A name shared by many documents ("GPT-2" in half the titles) singles out nothing.
-        return {t: d for t, d in index.items() if len(d) <= 2}, aliases
+        most = self.settings.retrieve.max_name_documents
+        return {t: d for t, d in index.items() if len(d) <= most}, aliases
 
     def aliases(self, doc_id: str) -> list[str]:
         """The names a document is known by (learned at ingest)."""

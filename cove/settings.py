@@ -143,6 +143,10 @@ class RetrieveSettings(BaseModel):
         "hybrid", description="'hybrid' fuses dense vectors and BM25; 'dense' or 'lexical' use one side only."
     )
     k: int = Field(5, ge=1, le=50, description="Chunks given to the model as numbered sources.")
+    max_name_documents: int = Field(
+        2, ge=1, description="A name (a title word, an alias) that more documents than this share singles out none of "
+        "them: a question using it is not taken to name a paper.",
+    )
     candidates: int = Field(30, ge=1, description="Chunks taken from each of the dense and BM25 lists before fusion.")
     # Tuned on the dev set's tuning items (evals/): rrf_k 60 -> 10 and BM25 weight 1.5 -> 3 raised
     # page-level recall@5 from 0.73 to 0.94; MiniLM misses exact technical terms that BM25 finds.
@@ -241,6 +245,14 @@ class CoveStepSettings(BaseModel):
     max_questions: int = Field(4, ge=0, le=12, description="Verification questions asked per answer, at most.")
     sources: int = Field(3, ge=1, le=20, description="Passages retrieved for each verification question.")
     evidence_chars: int = Field(400, ge=100, description="Characters of evidence the model reads per verification.")
+    part_answer_tokens: int = Field(
+        40, ge=8, description="Longest model reply to one verification question (one short sentence)."
+    )
+    plan_tokens: int = Field(48, ge=8, description="Longest model plan of verification questions (model_plan).")
+    contradiction_share: float = Field(
+        0.5, gt=0, le=1, description="Share of a claim's terms a source sentence must hold before a different number "
+        "in it contradicts the claim (below it, the sentence speaks of something else).",
+    )
 
 
 class AnswerSettings(BaseModel):
@@ -292,6 +304,25 @@ class AnswerSettings(BaseModel):
     )
     max_history_chars: int = Field(
         2000, ge=10, description="Characters kept of each conversation turn an answer reads (the rest is cut)."
+    )
+    draft_history_turns: int = Field(
+        4, ge=0, description="Conversation turns the draft prompt shows the model (to resolve 'it', 'its decoder')."
+    )
+    draft_history_chars: int = Field(300, ge=10, description="Characters of each of those turns the model reads.")
+    quote_chars: int = Field(400, ge=50, description="Longest quote a citation shows (longer ones are cut with '…').")
+    fallback_quote_chars: int = Field(
+        200, ge=50, description="Characters of the passage a citation shows when no sentence of it matches the answer."
+    )
+    max_parts: int = Field(
+        4, ge=1, description="Parts (asked facts) of one question that are answered; more are listed in the answer's "
+        "corrections as not answered.",
+    )
+    named_match_min_terms: int = Field(
+        3, ge=1, description="Content words a question needs before its best keyword match alone counts as on topic."
+    )
+    named_match_share: float = Field(
+        0.8, gt=0, le=1, description="Share of the question's content words the best keyword (BM25) passage must hold "
+        "to count as on topic although every passage is far in meaning.",
     )
     max_queued: int = Field(
         4,

@@ -1,4 +1,7 @@
-"""Chain-of-verification, factored: plan verification questions, answer each from its own evidence.
+"""Chain-of-verification's pieces: planning verification questions and judging answers against evidence.
+
+The strategy that runs them is `cove.engine.strategies.CoVe`; this module holds what it is built
+from, each a plain function testable alone.
 
 Dhuliawala et al. (2309.11495) draft an answer, plan questions that would check it, answer each
 question *independently* (the "factored" variant: without the draft in context, so its mistakes
@@ -8,13 +11,13 @@ verification answer is not believed, it is *checked* against evidence.
 - **Plan** (`plan`): one question per part of the user's question (each asked fact, each named
   paper), and one per claim of the draft that states a number or a name. Deterministic; the model's
   own plan can be added (`answer.cove.model_plan`) where it passes a relevance filter.
-- **Execute** (`VerificationRunner.run`): each question gets its own retrieval. A part's answer is
+- **Execute** (`CoVe.verify`): each question gets its own retrieval. A part's answer is
   the composer's best checked sentence from that evidence; a claim is confirmed when the evidence
   supports it, *contradicted* when the evidence states another number for the same thing, and
   unconfirmed otherwise. The model may answer a part from its evidence too (one short reply, kept
   only if the checks support it against the best sentence); that is skipped where the first
   retrieval already held the evidence, to keep CoVe's cost near single-shot's.
-- **Revise** happens in `cove.compose`: the answer is written from the verified facts.
+- **Revise** (`CoVe.revise`, with `cove.compose`): the answer is written from the verified facts.
 
 Every step is switchable (`answer.cove.*`); with all switches off the pipeline is single-shot.
 """
@@ -107,7 +110,9 @@ def parse_model_plan(reply: str, question: str, limit: int) -> list[str]:
     return found[:limit]
 
 
-def judge_claim(claim: str, evidence: list[Evidence], sentence_vector, min_similarity: float):
+def judge_claim(
+    claim: str, evidence: list[Evidence], sentence_vector, min_similarity: float, contradiction_share: float = 0.5
+):
     """(status, evidence number, the evidence sentence) for a draft claim against independent evidence."""
     from cove.checks import best_matching_sentence, contradicting_sentence
 
@@ -118,9 +123,10 @@ def judge_claim(claim: str, evidence: list[Evidence], sentence_vector, min_simil
         n = check.supported_by
         sentence = best_matching_sentence(claim, [sources[n]])
         return CONFIRMED, n, sentence[0] if sentence else ""
-    if best is not None and best[2] >= 0.5 and contradicts(claim, best[0]):
+    if best is not None and best[2] >= contradiction_share and contradicts(claim, best[0]):
         return CONTRADICTED, best[1], best[0]
-    other = contradicting_sentence(claim, evidence)  # the sentence about the same count need not be the closest
+    # The sentence about the same count need not be the closest.
+    other = contradicting_sentence(claim, evidence, contradiction_share)
     if other is not None:
         return CONTRADICTED, other[1], other[0]
     return UNCONFIRMED, None, ""

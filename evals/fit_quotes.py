@@ -31,7 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from cove import text as tx
-from cove.answer import AnswerEngine, _Meter
+from cove.engine import AnswerEngine
+from cove.engine.compose import pool_of
+from cove.engine.coverage import coverage
+from cove.engine.retrieve import make_evidence, retrieve
 from cove.question import Question
 from cove.quotes import FEATURE_NAMES, GATE_FEATURES, WEIGHTS_FILE, Pool, cheap_features, missing_qualifiers
 from cove.settings import load_settings
@@ -69,18 +72,18 @@ def is_gold(candidate: str, quotes: list[str]) -> bool:
 def collect(engine: AnswerEngine, items: list[EvalItem], log=print) -> list[Group]:
     """Feature groups for every (item, part) and retrieval the engine would use."""
     groups: list[Group] = []
-    meter, quiet = _Meter(), (lambda event: None)
     for number, item in enumerate(items, 1):
-        retrieval = engine.retrieve(item.question, item.history_dicts(), meter, quiet)
-        coverage = engine.coverage(retrieval, quiet)
-        question = coverage.question
+        ctx = engine.context(item.question, item.history_dicts())
+        retrieval = retrieve(engine, ctx)
+        question = coverage(engine, ctx, retrieval).question
         pools = [(question, retrieval, None)]
         if question.multi_part:  # chain-of-verification answers each part from its own search too
             for index, part in enumerate(question.parts):
                 hits = engine.retriever.search(part.text, k=engine.settings.answer.cove.sources).hits
-                pools.append((part_question(question, index), retrieval.with_hits(hits, engine.evidence), index))
+                more = retrieval.with_hits(hits, lambda n, hit: make_evidence(engine, n, hit))
+                pools.append((part_question(question, index), more, index))
         for q, source, only_part in pools:
-            pool = engine._pool(source)
+            pool = pool_of(engine, source)
             for index, part in enumerate(q.parts):
                 if only_part is not None and index != 0:
                     continue

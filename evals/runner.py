@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cove.answer import AnswerEngine
+from cove.engine import AnswerEngine
 from cove.retrieve import Retriever
 from cove.settings import CoveSettings, with_overrides
 from evals.dataset import EvalItem

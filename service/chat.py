@@ -4,7 +4,7 @@
     chat = service.conversations.create()
     message = service.ask(chat.id, "How many heads?", {"answer": {"pipeline": "baseline"}}, on_event)
 
-`ask` keeps the question, answers it with `cove.answer.AnswerEngine` (the conversation so far goes
+`ask` keeps the question, answers it with `cove.engine.AnswerEngine` (the conversation so far goes
 along for follow-ups) and keeps the answer. A question may choose the pipeline and the number of
 sources (`SESSION_CHOICES`); the model and everything else come from the service's settings.
 Whatever goes wrong (the model cannot load, the library is empty, a server went away, a question
@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove.answer import AnswerDeadline, AnswerEngine
 from cove.catalog import STATUS_FAILED, STATUS_OK, DocumentRecord, LibraryEmpty
+from cove.engine import AnswerDeadline, AnswerEngine
 from cove.events import EventCallback
 from cove.llm import ModelCrashed, ModelError
 from cove.lock import LibraryBusy

@@ -3,7 +3,7 @@
     store = ConversationStore(settings.chats_path)
     chat = store.create()
     store.add_user(chat.id, "How many heads?")
-    store.add_answer(chat.id, answer)          # an `cove.answer.Answer`, kept whole as JSON
+    store.add_answer(chat.id, answer)          # an `cove.engine.Answer`, kept whole as JSON
     store.history(chat.id)                     # [{role, content}] for the next question
     export_markdown(store, chat.id)            # the chat with its citations, as Markdown
 

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from cove.answer import Answer, AnswerEngine, citation_url
 from cove.catalog import STATUS_OK, DocumentRecord
+from cove.engine import Answer, AnswerEngine, citation_url
 from cove.events import EventCallback
 from cove.settings import CoveSettings
 from cove.untrusted import allowed_paths

@@ -14,7 +14,7 @@ from hostile import RecordingModel, assert_only_template_tokens
 
 from cove import events as ev
 from cove import text as tx
-from cove.answer import AnswerEngine
+from cove.engine import AnswerEngine
 from cove.llm import LlamaCppModel
 from cove.settings import load_settings
 
@@ -50,13 +50,57 @@ def test_cove_answer_is_cited_verified_and_costed(engine, small_library):
     assert "8" in tx.numbers(answer.answer), answer.answer  # the source says h = 8; the model may not
     assert answer.prompt_versions == {"answer": 2, "verify": 2}
     kinds = [type(e) for e in events]
-    for kind in (ev.Retrieved, ev.CoverageDecided, ev.FirstQuotes, ev.DraftReady, ev.PlanReady, ev.Composed):
+    for kind in (ev.Retrieved, ev.CoverageDecided, ev.FirstQuotes, ev.DraftReady, ev.PlanReady, ev.Verified,
+                 ev.Composed):  # fmt: skip
         assert kind in kinds, kind
     assert kinds[-1] is ev.Finished and events[-1].answer is answer
     # The first checked sentences go out before the model's first token.
     assert kinds.index(ev.FirstQuotes) < kinds.index(ev.DraftToken)
+    assert_verified(answer, events, small_library)
     assert answer.tokens["prefill"] > 0 and answer.tokens["decode"] > 0
     json.dumps(answer.to_json())
+
+
+STATUSES = {"claim": {"confirmed", "contradicted", "unconfirmed"}, "part": {"answered", "not_found"},
+            "model": {"answered", "not_found"}}  # fmt: skip
+
+
+def assert_verified(answer, events, settings):
+    """Chain-of-verification ran and the answer records it: the planned questions were each answered
+    from their own retrieval, the events a front end shows say what `answer.verification` holds, at
+    least one question was answered by a sentence of the library, and every claim verification
+    refuted or could not confirm became a correction of the answer."""
+    plan = [e for e in events if isinstance(e, ev.PlanReady)]
+    verified = [e for e in events if isinstance(e, ev.Verified)]
+    results = answer.verification
+    assert len(plan) == 1 and plan[0].questions and verified, [type(e).__name__ for e in events]
+    kinds = [type(e) for e in events]
+    assert kinds.index(ev.PlanReady) < kinds.index(ev.Verified) < kinds.index(ev.Composed)
+    assert [r["question"] for r in results] == plan[0].questions  # every planned question, in order
+    assert [(e.question, e.kind, e.status, e.answer) for e in verified] == [
+        (r["question"], r["kind"], r["status"], r["answer"]) for r in results
+    ]
+    for e, r in zip(verified, results, strict=True):
+        assert r["status"] in STATUSES[r["kind"]], r
+        assert r["supported"] == (r["status"] in ("confirmed", "answered")), r
+        assert (e.source or {}).get("n") == r["source"], (e.source, r)
+    # Answered from evidence (confirmed, contradicted or answered): a verbatim sentence of a page its own
+    # search found (a part may also be answered from the first retrieval's pages, which its evidence is
+    # pooled with), with the source's number.
+    decided = ("confirmed", "contradicted", "answered")
+    from_evidence = [r for r in results if r["status"] in decided and r["source"] is not None and r["answer"]]
+    assert from_evidence, results
+    for r in from_evidence:
+        searched = r["sources"] + (answer.retrieved if r["kind"] == "part" else [])
+        pages = [" ".join(chunk_texts(settings, s["doc_id"], s["page"]).split()) for s in searched]
+        assert any(" ".join(r["answer"].rstrip("\u2026").split()) in page for page in pages), r
+    # What verification found changed the answer: refuted claims corrected, unconfirmed ones dropped.
+    changes = {(c["change"], c["claim"]) for c in answer.corrections}
+    for r in results:
+        if r["status"] == "contradicted":
+            assert ("contradicted", r["claim"]) in changes, (r, answer.corrections)
+        if r["kind"] == "claim" and r["status"] == "unconfirmed":
+            assert ("removed", r["claim"]) in changes, (r, answer.corrections)
 
 
 def test_baseline_pipeline_uses_one_prompt(engine, small_library):

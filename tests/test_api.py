@@ -13,7 +13,7 @@ from conftest import ROOT, answer_claims, make_text_pdf
 from servers import CoveApiServer
 
 from cove import text as tx
-from cove.answer import Answer, Citation
+from cove.engine import Answer, Citation
 
 openai = pytest.importorskip("openai", reason="the API tests drive `cove serve` with the official openai client")
 pytestmark = pytest.mark.slow

@@ -119,7 +119,8 @@ def test_two_sessions_at_once_both_answered(app_url, browser):
     for page, question in pages:
         ask(page, question)
     labels = [wait_for_answer(page) for page, _ in pages]
-    assert all(label.startswith(("Answered", "Refused")) for label in labels), labels
+    # Both questions are answered from the library (h = 8 heads; LoRA's rank r): a refusal is a failure.
+    assert all(label.startswith("Answered") for label in labels), labels
     # The model answers one call at a time; a session that had to wait said so.
     assert any("after waiting for the model" in label for label in labels), labels
     pages[1][0].screenshot(path=str(ARTIFACTS / "chat-second-session.png"), full_page=True)

@@ -17,7 +17,7 @@ from test_answer import HEADS
 
 from cove import events as ev
 from cove import llm
-from cove.answer import AnswerDeadline, AnswerEngine
+from cove.engine import AnswerDeadline, AnswerEngine
 from cove.settings import ModelSettings, with_overrides
 from service.chat import ChatService, session_overrides
 from service.conversations import ConversationStore, export_markdown

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from cove.answer import AnswerEngine
+from cove.engine import AnswerEngine
 from cove.llm import ChatModel, Completion
 from cove.settings import with_overrides
 
@@ -160,3 +160,66 @@ def test_cove_with_every_switch_off_is_single_shot(small_library):
     single = engine_with(small_library, ScriptedModel(draft)).ask(HEADS, pipeline="baseline")
     cove_off = engine_with(small_library, ScriptedModel(draft), **off).ask(HEADS, pipeline="cove")
     assert cove_off.answer == single.answer and cove_off.verification == []
+
+
+# --- the engine's stages (issue 21) ------------------------------------------------------------------
+
+
+def test_cove_says_what_it_drops_of_the_draft_planned_or_not(small_library):
+    """A draft sentence with no number or name is never planned: it used to vanish from CoVe's
+    answer without a trace. Every draft sentence CoVe does not keep is now a visible correction."""
+
+    def draft(sources: str) -> str:
+        n = source_number(sources, "h = 8")
+        return f"The base model uses 8 parallel attention heads [{n}]. It works remarkably well in practice [{n}]."
+
+    answer = engine_with(small_library, ScriptedModel(draft)).ask(HEADS, pipeline="cove")
+    kept = answer.answer
+    removed = [c for c in answer.corrections if c["change"] == "removed"]
+    assert "remarkably well" not in kept
+    assert any("remarkably well" in c["claim"] and "no verification question" in c["reason"] for c in removed), (
+        answer.corrections
+    )
+    for check in [s for s in ("8 parallel attention heads", "remarkably well") if s not in kept]:
+        assert any(check in c["claim"] for c in answer.corrections), (check, answer.corrections)
+
+
+def test_parts_beyond_max_parts_are_listed_not_dropped_silently(small_library):
+    from cove.question import analyze
+
+    question = "What are the learning rate, batch size, warmup, dropout, label smoothing and beam size of the model?"
+    asked = len(analyze(question, max_parts=12).parts)
+    assert asked > 2
+    answer = engine_with(small_library, ScriptedModel(lambda s: "Not stated."), max_parts=2).ask(
+        question, pipeline="baseline"
+    )
+    notes = [c for c in answer.corrections if c["change"] == "note" and "answer.max_parts" in c["reason"]]
+    assert len(answer.parts) <= 2 and len(notes) == asked - 2, (answer.parts, answer.corrections)
+
+
+def test_each_stage_runs_alone(small_library):
+    """retrieve -> coverage -> draft -> strategy -> compose, called one by one as `ask()` calls them."""
+    from cove.engine.compose import fill
+    from cove.engine.coverage import coverage
+    from cove.engine.draft import draft
+    from cove.engine.model import Answer
+    from cove.engine.retrieve import retrieve
+    from cove.engine.strategies import STRATEGIES
+
+    def draft_text(sources: str) -> str:
+        return f"We employ h = 8 parallel attention layers, or heads [{source_number(sources, 'h = 8')}]."
+
+    engine = engine_with(small_library, ScriptedModel(draft_text))
+    ctx = engine.context(HEADS, pipeline="baseline")
+    retrieval = retrieve(engine, ctx)
+    assert retrieval.hits and set(retrieval.evidence) == set(range(1, len(retrieval.hits) + 1))
+    covered = coverage(engine, ctx, retrieval)
+    assert covered.covered and ctx.analysed is covered.question
+    checked = draft(engine, ctx, retrieval)
+    assert checked.checks and checked.checks[0].supported
+    outcome = STRATEGIES["baseline"].run(engine, ctx, retrieval, checked)
+    answer = Answer(id="", question=HEADS, answer="", refused=False, pipeline="baseline")
+    fill(engine, answer, outcome, retrieval, ctx.analysed)
+    assert not answer.refused and answer.citations and "8" in answer.answer
+    with pytest.raises(ValueError, match="pipeline must be one of"):
+        engine.context(HEADS, pipeline="no-such-pipeline")

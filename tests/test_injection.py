@@ -20,7 +20,7 @@ from hostile import LINES_ABOUT_ATTENTION, RecordingModel, assert_only_template_
 
 from cove import checks
 from cove import text as tx
-from cove.answer import AnswerEngine
+from cove.engine import AnswerEngine
 from cove.llm import LlamaCppModel, OpenAIChatModel
 from cove.settings import ModelSettings, load_settings
 from ingest.pipeline import ingest

@@ -111,7 +111,7 @@ def test_library_on_a_chroma_server_is_shared_by_two_homes(chroma, tmp_path):
 
 
 def test_answer_from_the_server_library_is_cited_and_checked(chroma, tmp_path):
-    from cove.answer import AnswerEngine
+    from cove.engine import AnswerEngine
 
     settings = on_server(tmp_path / "home", chroma.url)
     ingest(sources(PAPERS[0]), settings)
