@@ -137,17 +137,26 @@ class ComposeSettings:
     threshold: float | None = None  # the gate's probability threshold; None = the fitted one
     max_generated_sentences: int = 2
     generated_lead: str = "auto"  # "auto" | "always" | "never"
+    rank_limit: int = 8  # `quotes.rank_limit`: candidates per part considered, best first
+
+
+def answer_candidates(part: Part, question: Question, pool: Pool, scorer: QuoteScorer, limit: int) -> list[Scored]:
+    """The candidates the composer considers for a part, best first, with their features: the
+    scorer's top `limit`, and of a part about a named paper only that paper's. The one candidate path:
+    the fitter (`evals/fit_quotes.py`) reads its features from here too."""
+    ranked = scorer.rank(part, question, pool, limit=limit)
+    if part.papers:  # a part about a named paper is answered from that paper
+        ranked = [s for s in ranked if pool.evidence[s.candidate.n].doc_id in part.papers]
+    return ranked
 
 
 def best_for_part(
-    part: Part, question: Question, pool: Pool, scorer: QuoteScorer, threshold: float | None = None
+    part: Part, question: Question, pool: Pool, scorer: QuoteScorer, threshold: float | None = None, limit: int = 8
 ) -> PartAnswer:
     """The best candidate for a part, and whether it is good enough to answer it."""
-    ranked = scorer.rank(part, question, pool, limit=8)
-    if part.papers:  # a part about a named paper is answered from that paper
-        ranked = [s for s in ranked if pool.evidence[s.candidate.n].doc_id in part.papers]
-        if not ranked:
-            return PartAnswer(part, None, False, "no passage of the paper it names")
+    ranked = answer_candidates(part, question, pool, scorer, limit)
+    if part.papers and not ranked:
+        return PartAnswer(part, None, False, "no passage of the paper it names")
     if not ranked:
         return PartAnswer(part, None, False, "no quotable sentence in the sources")
     for candidate in ranked:  # the best one whose passage states what the part names
@@ -174,7 +183,7 @@ def compose(
     answers = (
         answers
         if answers is not None
-        else [best_for_part(p, question, pool, scorer, settings.threshold) for p in question.parts]
+        else [best_for_part(p, question, pool, scorer, settings.threshold, settings.rank_limit) for p in question.parts]
     )
     supported = [c for c in checked if c.supported]
     corrections = [

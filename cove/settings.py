@@ -364,6 +364,10 @@ class QuoteSettings(BaseModel):
         "unset = the fitted threshold.",
     )
     prefilter: int = Field(24, ge=1, description="Candidates per part that get the (costly) MiniLM similarity.")
+    rank_limit: int = Field(
+        8, ge=1, description="Best-scored candidates per part the composer considers (the first whose passage "
+        "states what the part names answers it); the fitter sees the same ones.",
+    )
     max_pair_chars: int = Field(600, ge=100, description="Longest two-sentence quote, in characters.")
 
 

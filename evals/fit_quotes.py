@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import pickle
 from dataclasses import dataclass
@@ -32,14 +31,11 @@ import numpy as np
 
 from cove import text as tx
 from cove.engine import AnswerEngine
-from cove.engine.compose import pool_of
-from cove.engine.coverage import coverage
-from cove.engine.retrieve import make_evidence, retrieve
-from cove.question import Question
-from cove.quotes import FEATURE_NAMES, GATE_FEATURES, WEIGHTS_FILE, Pool, cheap_features, missing_qualifiers
+from cove.engine.candidates import PartPool, candidate_pools, scored_candidates
+from cove.quotes import FEATURE_NAMES, GATE_FEATURES, WEIGHTS_FILE, missing_qualifiers
 from cove.settings import load_settings
-from cove.verify import part_question
-from evals.dataset import EvalItem, heldout_ids, load_dataset
+from evals.dataset import EvalItem
+from evals.split import Split
 
 
 @dataclass
@@ -70,41 +66,27 @@ def is_gold(candidate: str, quotes: list[str]) -> bool:
 
 
 def collect(engine: AnswerEngine, items: list[EvalItem], log=print) -> list[Group]:
-    """Feature groups for every (item, part) and retrieval the engine would use."""
+    """Feature groups for every (item, part) and pool the engine answers from, with the features the
+    runtime computes (`cove.engine.candidates`: one candidate path for fitting and serving)."""
     groups: list[Group] = []
     for number, item in enumerate(items, 1):
-        ctx = engine.context(item.question, item.history_dicts())
-        retrieval = retrieve(engine, ctx)
-        question = coverage(engine, ctx, retrieval).question
-        pools = [(question, retrieval, None)]
-        if question.multi_part:  # chain-of-verification answers each part from its own search too
-            for index, part in enumerate(question.parts):
-                hits = engine.retriever.search(part.text, k=engine.settings.answer.cove.sources).hits
-                more = retrieval.with_hits(hits, lambda n, hit: make_evidence(engine, n, hit))
-                pools.append((part_question(question, index), more, index))
-        for q, source, only_part in pools:
-            pool = pool_of(engine, source)
-            for index, part in enumerate(q.parts):
-                if only_part is not None and index != 0:
-                    continue
-                group = _group(engine, item, q, part, pool)
-                group.primary = only_part is None
-                groups.append(group)
+        for entry in candidate_pools(engine, item.question, item.history_dicts()):
+            groups.append(group_of(engine, item, entry))
         if number % 10 == 0:
             log(f"  {number}/{len(items)} items")
     return groups
 
 
-def _group(engine: AnswerEngine, item: EvalItem, question: Question, part, pool: Pool) -> Group:
-    rows = [cheap_features(part, question, pool, i) for i in range(len(pool.items))]
-    if rows:
-        vectors = engine.retriever.embedder.embed([part.text] + [c.text for c in pool.items])
-        for row, vector in zip(rows, vectors[1:], strict=True):
-            row["similarity"] = float(vector @ vectors[0])
-    features = np.array([[row.get(name, 0.0) for name in FEATURE_NAMES] for row in rows], dtype=float)
-    gold = np.array([is_gold(c.text, item.quotes) for c in pool.items], dtype=bool)
-    qualified = np.array([not missing_qualifiers(part, pool.evidence[c.n], pool) for c in pool.items], dtype=bool)
-    return Group(item.id, item.answerable, features.reshape(len(rows), len(FEATURE_NAMES)), gold, qualified)
+def group_of(engine: AnswerEngine, item: EvalItem, entry: PartPool) -> Group:
+    """One part's candidates as the composer sees them: their features, which are gold, which qualify."""
+    scored = scored_candidates(engine, entry)
+    features = np.array([[s.features.get(name, 0.0) for name in FEATURE_NAMES] for s in scored], dtype=float)
+    gold = np.array([is_gold(s.candidate.text, item.quotes) for s in scored], dtype=bool)
+    qualified = np.array(
+        [not missing_qualifiers(entry.part, entry.pool.evidence[s.candidate.n], entry.pool) for s in scored], dtype=bool
+    )
+    return Group(item.id, item.answerable, features.reshape(len(scored), len(FEATURE_NAMES)), gold, qualified,
+                 entry.primary)  # fmt: skip
 
 
 def fit_weights(groups: list[Group], l2: float = 0.05) -> np.ndarray:
@@ -228,19 +210,21 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=None, help="cache of the collected features (pickle)")
     args = parser.parse_args()
 
-    held = heldout_ids(args.dataset)
-    items = [i for i in load_dataset(args.dataset) if i.id not in held]
+    split = Split.of(args.dataset)
+    items = split.tuning
     settings = load_settings()
     if args.corpus is not None:
         from evals.corpus import ingest_corpus
 
-        ingest_corpus(args.corpus, load_dataset(args.dataset), settings)
+        ingest_corpus(args.corpus, list(split.items), settings)
     if args.features is not None and args.features.is_file():
-        groups = pickle.loads(args.features.read_bytes())
-        print(f"features of {len(groups)} groups from {args.features}")
+        cached = pickle.loads(args.features.read_bytes())
+        groups = split.only_tuning(cached, lambda group: group.item)  # a stale cache cannot bring held-out items
+        dropped = len(cached) - len(groups)
+        print(f"features of {len(groups)} groups from {args.features} ({dropped} not tuning: dropped)")
     else:
         engine = AnswerEngine(settings)
-        print(f"collecting features for {len(items)} tuning items (held out and never used: {len(held)})")
+        print(f"collecting features for {len(items)} tuning items (held out and never used: {len(split.heldout)})")
         groups = collect(engine, items)
         if args.features is not None:
             args.features.write_bytes(pickle.dumps(groups))
@@ -253,9 +237,7 @@ def main() -> None:
     data = {
         "note": "Fitted by evals/fit_quotes.py on the tuning items of the dev set (held-out items never used).",
         "fitted_on": {
-            "dataset": str(args.dataset),
-            "dataset_sha256": hashlib.sha256(args.dataset.read_bytes()).hexdigest(),
-            "tuning_items": len(items),
+            **split.record(),
             "groups": len(groups),
             "groups_with_gold": sum(bool(g.gold.any()) for g in groups),
             "top1_gold_accuracy": round(accuracy, 4),

@@ -38,6 +38,7 @@ class AnswerEngine:
             threshold=settings.quotes.threshold,
             max_generated_sentences=settings.answer.max_generated_sentences,
             generated_lead=settings.answer.generated_lead,
+            rank_limit=settings.quotes.rank_limit,
         )
 
     @property

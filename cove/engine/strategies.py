@@ -132,7 +132,8 @@ class CoVe:
             own = found_hits.get(id(questions[vq_index]), []) if vq_index is not None else []
             pool = pool_of(engine, pooled, None if cfg.pool_evidence else _own_and_first(pooled, own, first))
             sub = part_question(question, index)
-            answer = best_for_part(part, sub, pool, engine.scorer, engine.compose_settings.threshold)
+            limits = engine.compose_settings
+            answer = best_for_part(part, sub, pool, engine.scorer, limits.threshold, limits.rank_limit)
             if answer.found and cfg.model_answers and not _held_by(first, answer):
                 answer = self.model_part_answer(engine, ctx, answer, pooled)
             answers.append(answer)
