@@ -138,6 +138,8 @@ class ComposeSettings:
     max_generated_sentences: int = 2
     generated_lead: str = "auto"  # "auto" | "always" | "never"
     rank_limit: int = 8  # `quotes.rank_limit`: candidates per part considered, best first
+    cover_share: float = 0.5  # `answer.generated_cover_share`
+    repeat_share: float = 0.6  # `answer.generated_repeat_share`
 
 
 def answer_candidates(part: Part, question: Question, pool: Pool, scorer: QuoteScorer, limit: int) -> list[Scored]:
@@ -197,13 +199,13 @@ def compose(
 
     quotes = _quotes(found)
     generated = [Sentence(tx.strip_citations(c.sentence), c.supported_by) for c in supported]
-    lead = _generated_leads(settings.generated_lead, found, generated, pool)
+    lead = _generated_leads(settings, found, generated, pool)
     if lead:
-        uncovered = [a for a in found if not _covers(generated, a, pool)]
+        uncovered = [a for a in found if not _covers(generated, a, pool, settings.cover_share)]
         sentences = generated + [q for q, a in zip(quotes, found, strict=True) if a in uncovered]
         mode = Mode.GENERATED
     else:
-        extra = [g for g in generated if not _repeats(g.text, [q.text for q in quotes])]
+        extra = [g for g in generated if not _repeats(g.text, [q.text for q in quotes], settings.repeat_share)]
         if quotes:  # a model sentence next to quotes stays only if a quoted source backs it
             extra = [g for g in extra if g.source in {q.source for q in quotes}]
         extra = extra[: settings.max_generated_sentences]
@@ -237,7 +239,7 @@ def _dedupe(sentences: list[Sentence]) -> list[Sentence]:
     return out
 
 
-def _covers(generated: list[Sentence], answer: PartAnswer, pool: Pool | None = None) -> bool:
+def _covers(generated: list[Sentence], answer: PartAnswer, pool: Pool | None = None, share: float = 0.5) -> bool:
     """Does a checked model sentence answer the part, *in agreement with its best evidence*? It
     must state the part's focus (and a number if one is asked), cite the passage the best quote is
     from, and name nothing and state no number that the quote (or its paper's title) does not: the
@@ -246,7 +248,7 @@ def _covers(generated: list[Sentence], answer: PartAnswer, pool: Pool | None = N
     part, best = answer.part, answer.best
     for sentence in generated:
         terms = tx.key_terms(sentence.text, min_len=3) | tx.stems(sentence.text)
-        if tx.overlap_share(part.focus, terms) < 0.5 or (part.wants_number and not tx.numbers(sentence.text)):
+        if tx.overlap_share(part.focus, terms) < share or (part.wants_number and not tx.numbers(sentence.text)):
             continue
         if best is None or pool is None:
             return True
@@ -264,19 +266,20 @@ def _within(sentence: str, quote: str, header: str) -> bool:
     return names_ok and tx.numbers(sentence) <= tx.numbers(quote)
 
 
-def _generated_leads(policy: str, found: list[PartAnswer], generated: list[Sentence], pool: Pool) -> bool:
+def _generated_leads(settings: ComposeSettings, found: list[PartAnswer], generated: list[Sentence], pool: Pool) -> bool:
+    policy = settings.generated_lead
     if not generated or policy == "never":
         return False
     if policy == "always":
         return True
-    return all(_covers(generated, a, pool) for a in found) if found else True
+    return all(_covers(generated, a, pool, settings.cover_share) for a in found) if found else True
 
 
-def _repeats(sentence: str, quotes: list[str]) -> bool:
+def _repeats(sentence: str, quotes: list[str], share: float = 0.6) -> bool:
     """Does a generated sentence only restate a quote (its terms and numbers are all there)?"""
     terms, nums = tx.key_terms(sentence), tx.numbers(sentence)
     for quoted in quotes:
         q_terms = tx.key_terms(quoted)
-        if nums <= tx.numbers(quoted) and (not terms or len(terms & q_terms) / len(terms) >= 0.6):
+        if nums <= tx.numbers(quoted) and (not terms or len(terms & q_terms) / len(terms) >= share):
             return True
     return False

@@ -33,6 +33,13 @@ from cove.settings import QUOTE_WEIGHTS_FILE, fitted_quote_weights
 
 WEIGHTS_FILE = QUOTE_WEIGHTS_FILE
 
+# What a candidate is, and where some features switch: part of the features' *definitions*, which
+# the weights in quote_weights.json were fitted with (evals/fit_quotes.py). They are not tuned
+# numbers: change one and refit, or the weights describe other features.
+MIN_QUOTE_CHARS, MAX_QUOTE_CHARS = 20, 400  # a single sentence shorter or longer is not a candidate
+SHORT_CHARS, LONG_CHARS = 40, 300  # the `short` and `long` features
+NUMBER_ABOUT_SATURATES = 4  # `number_about`: this many of the part's terms next to a number is all of it
+
 # name -> what it measures (the report and explain() print these)
 FEATURES: dict[str, str] = {
     "focus": "share of what the part asks about (IDF-weighted) that the sentence states",
@@ -124,7 +131,7 @@ def candidates(evidence: Evidence, max_pair_chars: int = 600) -> list[Candidate]
         if _overlaps(start, end, evidence.unquotable):
             continue
         sentence = tx.squash(evidence.text[start:end]).lstrip("\u2022 ")
-        if 20 <= len(sentence) <= 400 and _reads_as_prose(sentence):
+        if MIN_QUOTE_CHARS <= len(sentence) <= MAX_QUOTE_CHARS and _reads_as_prose(sentence):
             singles.append(Candidate(sentence, evidence.n, start, end))
     pairs = [
         Candidate(f"{a.text} {b.text}", evidence.n, a.start, b.end, pair=True)
@@ -219,7 +226,7 @@ def _number_about(sentence: str, part: Part) -> float:
         if kind == "number":
             near = terms_near(tokens, value)
             best = max(best, len(near & part.terms) + len(near & part.focus))
-    return min(best, 4) / 4
+    return min(best, NUMBER_ABOUT_SATURATES) / NUMBER_ABOUT_SATURATES
 
 
 def cheap_features(part: Part, question: Question, pool: Pool, index: int) -> dict[str, float]:
@@ -255,8 +262,8 @@ def cheap_features(part: Part, question: Question, pool: Pool, index: int) -> di
         "cut_off": float(not tx.ends_cleanly(text) and not candidate.table_row),
         "question_mark": float(text.rstrip().endswith("?")),
         "heading": float(bool(_HEADING_START.match(text))),
-        "short": float(len(text) < 40),
-        "long": float(len(text) > 300),
+        "short": float(len(text) < SHORT_CHARS),
+        "long": float(len(text) > LONG_CHARS),
         "pair": float(candidate.pair),
         "reason": float(question.why and bool(_REASON.search(text))),
         "table_row": float(candidate.table_row),

@@ -324,6 +324,14 @@ class AnswerSettings(BaseModel):
         0.8, gt=0, le=1, description="Share of the question's content words the best keyword (BM25) passage must hold "
         "to count as on topic although every passage is far in meaning.",
     )
+    generated_cover_share: float = Field(
+        0.5, gt=0, le=1, description="Share of what a part asks about that a checked model sentence must state to "
+        "answer that part in place of its quote (when model sentences may lead).",
+    )
+    generated_repeat_share: float = Field(
+        0.6, gt=0, le=1, description="Share of its terms a model sentence shares with a quote (with all its numbers) "
+        "to count as only restating it, and be left out beside it.",
+    )
     max_queued: int = Field(
         4,
         ge=0,

@@ -194,10 +194,16 @@ def stems(text: str) -> set[str]:
 # --- numbers ---------------------------------------------------------------------------------------------
 
 NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?:\.\d+)?")
-NUMBER_WORDS = {
-    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
-    "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "sixteen": "16", "twenty": "20",
-}  # fmt: skip
+# Counts written as words, one to ninety-nine ("zero" is left out: in papers it is zero-shot or a
+# zero initialisation far more often than a count).
+_UNITS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+          "seventeen eighteen nineteen").split()  # fmt: skip
+_TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+NUMBER_WORDS = (
+    {word: str(value) for value, word in enumerate(_UNITS, start=1)}
+    | {tens: str(20 + 10 * i) for i, tens in enumerate(_TENS)}
+    | {f"{tens}-{unit}": str(20 + 10 * i + j) for i, tens in enumerate(_TENS) for j, unit in enumerate(_UNITS[:9], 1)}
+)
 
 
 def numbers(text: str) -> set[str]:

@@ -73,3 +73,11 @@ def test_aliases_from_a_papers_opening_and_from_hostile_text():
     for hostile in ["a" * 225_000, "Ab " * 80_000, "We propose " + "Abc " * 50_000]:
         assert aliases_from_text(hostile, "title") == []
     assert time.process_time() - started < 5  # quadratic backtracking took minutes
+
+
+def test_counts_written_as_words_are_numbers_with_no_gaps():
+    """The table jumped from "twelve" to "sixteen" and "twenty": every count to ninety-nine reads now."""
+    assert tx.numbers("thirteen tasks, fourteen layers and seventeen heads") == {"13", "14", "17"}
+    assert tx.numbers("twenty-four layers, thirty heads, ninety-nine steps") == {"24", "30", "99"}
+    assert tx.numbers("zero-shot results on one task") == {"1"}  # zero-shot is not a count
+    assert len(tx.NUMBER_WORDS) == 19 + 8 + 8 * 9

@@ -39,6 +39,8 @@ class AnswerEngine:
             max_generated_sentences=settings.answer.max_generated_sentences,
             generated_lead=settings.answer.generated_lead,
             rank_limit=settings.quotes.rank_limit,
+            cover_share=settings.answer.generated_cover_share,
+            repeat_share=settings.answer.generated_repeat_share,
         )
 
     @property
