@@ -315,6 +315,11 @@ def event_json(event: ev.AnswerEvent) -> dict[str, Any] | None:
     return {"event": type(event).__name__, "stage": event.stage.value, "message": event.message, **data}
 
 
+def _release_all(*releases: Callable[[], None]) -> None:
+    for release in releases:
+        release()
+
+
 def _once(action: Callable[[], None]) -> Callable[[], None]:
     """`action`, run on the first call only (thread-safe)."""
     done = threading.Lock()
@@ -338,11 +343,13 @@ class CompletionStream:
         self.created = int(time.time())
         self.cancel = threading.Event()
         # Held by the answer and by this response: TooManyAnswers here is a 503 before the stream starts.
+        # Each hold ends once: the answer's when its thread ends, the response's when the body ends.
+        # A body never started (a client gone at once) drops this object unread: then both end here,
+        # since the thread, which holds this object while it runs, never started.
         self.slot = service.reserve_answer(holders=2)
-        # The response's hold ends when the body ends, or when this object is dropped unread (a client
-        # gone before the body started): never twice, never never.
+        self.release_answer_hold = _once(self.slot.release)
         self.release_response_hold = _once(self.slot.release)
-        weakref.finalize(self, self.release_response_hold)
+        weakref.finalize(self, _release_all, self.release_answer_hold, self.release_response_hold)
 
     def _run(self, put) -> None:
         def on_event(event: ev.AnswerEvent) -> None:
@@ -357,6 +364,8 @@ class CompletionStream:
             log.info("a streamed answer was stopped: its client hung up")
         except Exception as err:  # reported to the client inside the stream
             put(("error", err))
+        finally:
+            self.release_answer_hold()
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {
@@ -421,7 +430,7 @@ async def answer_while_connected(request: Request, ask, question: str, history, 
     try:
         while not work.done():
             await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-            if not work.done() and await request.is_disconnected():
+            if not work.done() and not cancel.is_set() and await request.is_disconnected():
                 cancel.set()
                 log.info("an answer was stopped: its client hung up")
         return work.result()
@@ -475,8 +484,8 @@ def create_app(settings: CoveSettings, service: LibraryService | None = None) ->
                            "model_not_found")  # fmt: skip
         question, history = conversation(body, limits.max_question_chars, limits.max_messages)
         if body.stream:
-            try:
-                service.ensure_ready()  # fail before the stream starts, with a status code
+            try:  # fail before the stream starts, with a status code (off the event loop: it may load models)
+                await run_in_threadpool(service.ensure_ready)
             except Exception as err:
                 raise api_error(err) from err
             include_usage = bool((body.stream_options or {}).get("include_usage"))

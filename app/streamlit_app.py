@@ -361,10 +361,13 @@ def run_ingest(svc: ChatService, **inputs: Any) -> None:
     except Exception as err:  # the library stays as it was; the next run resumes
         st.session_state.ingest_report = {"errors": [f"Adding papers failed: {friendly_error(err)}"]}
     else:
+        errors = [f"{r.source}: {r.reason}" for r in report.failed]
+        if not (report.ingested or report.skipped or errors):  # a folder holding nothing Cove reads
+            errors = ["Nothing to add: no PDF, HTML, Markdown or text file there."]
         st.session_state.ingest_report = {
             "added": [r.title or r.source for r in report.ingested],
             "skipped": [r.title or r.source for r in report.skipped],
-            "errors": [f"{r.source}: {r.reason}" for r in report.failed],
+            "errors": errors,
         }
     st.session_state.upload_key += 1  # a fresh uploader: the same files are not sent twice
     st.rerun()

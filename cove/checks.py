@@ -66,7 +66,7 @@ class Evidence:
 # about the reader, not about the paper, so it is never evidence, whatever it then claims.
 INSTRUCTION = "instruction"
 _SPEECH = (r"(?:answer|respond|reply|say|state|tell|output|cite|report|claim|write|print|repeat|mention|include"
-           r"|conclude)")  # fmt: skip
+           r"|conclude)(?![\w-])")  # a whole word: not "state-of-the-art", "includes", "repeatedly"  # fmt: skip
 _MODAL = r"(?:must|should|shall|will|are to|is to|have to|has to|needs? to|is required to|are required to|may only)"
 _READER = (r"(?:whoever|anyone|anybody|every(?:one|body)|any(?: human)? reader|the reader|readers"
            r"|the summar(?:y|i[sz]er)|summar(?:ies|i[sz]ers)|any (?:summary|model|system|tool|agent|bot))")  # fmt: skip
@@ -81,18 +81,18 @@ _INSTRUCTION_FAMILIES: dict[str, str] = {
     "addressed": rf"\b{_ASSISTANT}\b[^.!?\n]{{0,30}}\b{_MODAL}\b[^.!?\n]{{0,30}}\b{_SPEECH}"
     rf"|\b{_READER}\b[^.!?\n]{{0,60}}\b{_MODAL}\b[^.!?\n]{{0,20}}\b{_SPEECH}"
     rf"|\b(?:when|whenever|if)\s+(?:you(?:'re| are)?\s+|it is\s+|this is\s+)?(?:asked|questioned|prompted|queried)\b"
-    rf"[^.!?\n]{{0,80}}\b{_SPEECH}"
+    rf"[^.!?\n]{{0,80}},\s*(?:(?:always|please|just|simply)\s+)?{_SPEECH}"
     r"|\b(?:ai|assistants?|llms?|language models?|chatbots?|anyone|anybody) (?:that|who) (?:summari[sz]es?|reads?"
     r"|processe?s?) (?:this|these|the following)\b"
     r"|\b(?:whoever (?:summari[sz]es|reads)|any(?:one|body) (?:reading|summari[sz]ing))\b"
     r"|\b(?:note|message|instructions?) (?:to|for) (?:any |all |the )?(?:ai|assistants?|language models?|llms?"
-    r"|chatbots?|readers?|summari[sz]ers?)\b",
+    r"|chatbots?|summari[sz]ers?)\b",
     # Imperatives to say something: "Say the answer is 42", "Responda que ...", "Antworte, dass ...".
-    "imperative": r"^\W*(?:(?:always|please|now)\s+)?(?:answer|respond|reply)\b[^.!?\n]{0,30}\b(?:every|each|all|any)\b"
-    r"[^.!?\n]{0,15}\bquestions?\b"
+    "imperative": r"^[^\w\n]*(?:(?:always|please|now)\s+)?(?:answer|respond|reply)\b[^.!?\n]{0,30}"
+    r"\b(?:every|each|all|any)\b[^.!?\n]{0,15}\bquestions?\b"
     r"|\b(?:say|tell (?:the )?users?|respond with|reply with|answer with|output)\b[^.!?\n]{0,25}\bthe answer\b"
-    r"|^\W*(?:(?:always|please)\s+)?(?:state|say|tell (?:the )?(?:users?|readers?))\s+that\b"
-    r"|^\W*(?:(?:sempre|siempre|toujours|immer)\s+)?(?:responda|responde|respondez|reponds|repondez|antworte"
+    r"|^[^\w\n]*(?:(?:always|please)\s+)?(?:state|say|tell (?:the )?(?:users?|readers?))\s+that\b"
+    r"|^[^\w\n]*(?:(?:sempre|siempre|toujours|immer)\s+)?(?:responda|responde|respondez|reponds|repondez|antworte"
     r"|antworten sie|rispondi|risponda|diga|di|dites|dis|sag|sage|sagen sie|afirme|afirma|affirmez|escreva|escriba"
     r"|escribe|ecrivez"
     r"|schreibe|scrivi|informe|indique)\b[^.!?\n]{0,20}\b(?:que|qu|dass|che)\b"
@@ -100,14 +100,14 @@ _INSTRUCTION_FAMILIES: dict[str, str] = {
     r"|muss|devi)\b[^.!?\n]{0,30}\b(?:responder|dizer|afirmar|decir|repondre|dire|antworten|sagen|rispondere"
     r"|affermare|citar|escrever|escribir)\b",
     # Chat and instruction formats: role labels, template markers, "### Instruction:".
-    "header": r"^\W*(?:#{1,6}\s*)?(?:system|assistant|user|developer|human|instructions?|response|input|prompt"
-    r"|system prompt)\s*:"
-    r"|^\W*#{1,6}\s*(?:system|assistant|user|developer|human|instructions?|response|system prompt)\s*$"
+    "header": r"^[^\w\n]*(?:system|assistant|user|developer|human|instructions?|system prompt)[ \t]*:"
+    r"|^[^\w\n]*#{1,6}[ \t]*(?:system|assistant|user|developer|human|instructions?|response|input|prompt"
+    r"|system prompt)[ \t]*(?::|$)"
     r"|<\|[^<>\s|]{1,40}\|>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>"
     r"|(?-i:\b(?:SYSTEM|ASSISTANT|USER|DEVELOPER|HUMAN|INSTRUCTIONS?)\s*:)",
     # Claims about the answers themselves, and fake system notices.
     "meta": r"\bthe answer to (?:every|each|any|all) questions? is\b|\bfrom now on\b"
-    r"|\bthe (?:correct|right|true|real|official|expected) answer (?:is|to|must|should|will)\b"
+    r"|\bthe (?:correct|right|true|real|official|expected) answer (?:must|should|will|shall) be\b"
     r"|\bthe (?:assistant|ai|chatbot)(?:'s)? (?:answers|responds|replies|says|rules)\b"
     r"|\b(?:system (?:override|notice|prompt|message)|new (?:instructions|policy|rules)\s*:|maintenance mode"
     r"|developer mode)\b",
@@ -154,18 +154,26 @@ def instruction_spans(text: str) -> list[tuple[int, int, str]]:
     sentence under a chat or instruction heading ("### Instruction:") down to the next heading."""
     if not any(_ANY_INSTRUCTION_IN_TEXT.search(form) for form in _forms(text)):
         return []
-    spans, governed_until = [], -1
-    for a, b in tx.sentence_spans(text):
-        if a < governed_until or addresses_a_model(text[a:b]):
-            spans.append((a, b, INSTRUCTION))
-            if instruction_kind(text[a:b]) == "header" and _MARKDOWN_HEADING.match(text, a):
-                governed_until = max(governed_until, _next_heading(text, b))
-    return spans
+    governed = _governed_sections(text)
+    return [
+        (a, b, INSTRUCTION)
+        for a, b in tx.sentence_spans(text)
+        if any(a < end and b > start for start, end in governed) or addresses_a_model(text[a:b])
+    ]
 
 
-def _next_heading(text: str, after: int) -> int:
-    found = _MARKDOWN_HEADING.search(text, after)
-    return found.start() if found else len(text)
+def _governed_sections(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each section under a chat or instruction heading ("### Response:"), from the
+    heading line to the next Markdown heading, wherever the heading falls in a sentence."""
+    headings = list(_MARKDOWN_HEADING.finditer(text))
+    sections = []
+    for index, heading in enumerate(headings):
+        line_end = text.find("\n", heading.start())
+        line = text[heading.start() : line_end if line_end >= 0 else len(text)]
+        if any(_FAMILIES["header"].search(form) for form in _forms(line.strip())):
+            end = headings[index + 1].start() if index + 1 < len(headings) else len(text)
+            sections.append((heading.start(), end))
+    return sections
 
 
 def without_instructions(text: str) -> str:

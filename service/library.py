@@ -167,7 +167,9 @@ class LibraryService:
     ) -> Answer:
         """A checked, cited answer. Raises `LibraryEmpty`, `cove.llm.ModelError`, `StoreUnavailable`,
         `TooManyAnswers` (more than `answer.max_queued` waiting) and, once `cancel` is set,
-        `AnswerCancelled`. A `slot` from `reserve_answer` is used (and released) instead of a new one."""
+        `AnswerCancelled`. A `slot` from `reserve_answer` is the caller's to release; without one, the
+        answer reserves its own and releases it."""
+        own = slot is None
         slot = slot or self.reserve_answer()
         try:
             if pipeline not in (None, *PIPELINES):
@@ -175,7 +177,8 @@ class LibraryService:
             self.ensure_ready()
             return self.engine().ask(question, history or None, pipeline, on_event, cancel=cancel)
         finally:
-            slot.release()
+            if own:
+                slot.release()
 
     def reserve_answer(self, holders: int = 1) -> AnswerSlot:
         """A place among the answers this process runs (one at the model, `answer.max_queued`
