@@ -210,8 +210,10 @@ class Retriever:
 
         with self._lock:
             self.refresh()
-            check_store_holds_documents(self.catalog, self.store)
-            return self._search(query, k, mode)
+            result = self._search(query, k, mode)
+            if not result.hits:  # only an empty result can come from an empty store: count only then
+                check_store_holds_documents(self.catalog, self.store)
+            return result
 
     def _add_missing(self, hits: dict[str, Hit], ids: list[str], query_vector) -> None:
         """Fetch chunks found by BM25 only, with their vectors, so every hit has a cosine."""
