@@ -149,17 +149,28 @@ def _forms(text: str) -> tuple[str, ...]:
     return (tx.reading_form(text), tx.skeleton(text))
 
 
-def instruction_spans(text: str) -> list[tuple[int, int, str]]:
+def instruction_spans(text: str, section: str = "") -> list[tuple[int, int, str]]:
     """[start, end, "instruction"] for each sentence of `text` that addresses a model, and for every
-    sentence under a chat or instruction heading ("### Instruction:") down to the next heading."""
-    if not any(_ANY_INSTRUCTION_IN_TEXT.search(form) for form in _forms(text)):
+    sentence under a chat or instruction heading ("### Instruction:") down to the next heading.
+    `section` is the heading the text sits under (a chunk's section): when it is such a heading, the
+    text's opening, down to its first heading, is governed by it too (a section cut across chunks)."""
+    inherited = bool(section) and is_instruction_heading("### " + section.strip().lstrip("#").strip())
+    if not inherited and not any(_ANY_INSTRUCTION_IN_TEXT.search(form) for form in _forms(text)):
         return []
     governed = _governed_sections(text)
+    if inherited:
+        first = _MARKDOWN_HEADING.search(text)
+        governed.insert(0, (0, first.start() if first else len(text)))
     return [
         (a, b, INSTRUCTION)
         for a, b in tx.sentence_spans(text)
         if any(a < end and b > start for start, end in governed) or addresses_a_model(text[a:b])
     ]
+
+
+def is_instruction_heading(line: str) -> bool:
+    """Is this Markdown heading line a chat or instruction format's ("### Response:", "## System")?"""
+    return any(_FAMILIES["header"].search(form) for form in _forms(line.strip()))
 
 
 def _governed_sections(text: str) -> list[tuple[int, int]]:
@@ -169,16 +180,15 @@ def _governed_sections(text: str) -> list[tuple[int, int]]:
     sections = []
     for index, heading in enumerate(headings):
         line_end = text.find("\n", heading.start())
-        line = text[heading.start() : line_end if line_end >= 0 else len(text)]
-        if any(_FAMILIES["header"].search(form) for form in _forms(line.strip())):
+        if is_instruction_heading(text[heading.start() : line_end if line_end >= 0 else len(text)]):
             end = headings[index + 1].start() if index + 1 < len(headings) else len(text)
             sections.append((heading.start(), end))
     return sections
 
 
-def without_instructions(text: str) -> str:
-    """`text` with the sentences that address a model left out."""
-    return _cut(text, instruction_spans(text))
+def without_instructions(text: str, section: str = "") -> str:
+    """`text` with the sentences that address a model left out (`section` as `instruction_spans` takes it)."""
+    return _cut(text, instruction_spans(text, section))
 
 
 def _cut(text: str, spans: list[tuple[int, int, str]]) -> str:

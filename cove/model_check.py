@@ -45,7 +45,7 @@ from cove import cpu
 log = logging.getLogger("cove.model_check")
 
 CHECK_PROMPT = (
-    "Question: How many attention heads does the base Transformer use? Answer in one short sentence, "
+    "Question: How many convolution layers does the residual network in this paper use? Answer in one short sentence, "
     "citing the paper by its title."
 )  # some forty tokens: prefill runs batched kernels (where AMX lives), then a few single-token decodes
 CHECK_TOKENS = 4

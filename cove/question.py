@@ -1,12 +1,12 @@
 """What a question asks: its parts (each asked fact, each named paper), and what each part wants.
 
-"Which optimizer and beta values trained the Transformer?" asks two things; "What did GPT-1 and
-LLaMA use for normalisation?" asks one thing of two papers; "What dataset was it trained on, and
-how many sentence pairs does it have?" asks two questions in one. An answer that quotes one good
+"Which loss and momentum trained BetaNet?" asks two things; "What did BetaNet and GammaNet use
+for tokenisation?" asks one thing of two papers; "What corpus was it pretrained on, and how many
+documents does that corpus hold?" asks two questions in one. An answer that quotes one good
 sentence answers one of them. So before anything is composed, the question is cut into `Part`s:
 
 - clauses joined by "and"/"," + a question word ("..., and how many ...") or by a second "?";
-- short coordinated phrases ("optimizer and beta values", "the base and the big model",
+- short coordinated phrases ("loss and momentum", "the small and the large variant",
   "compare A with B", "A vs. B"), each becoming a part that shares the rest of the clause;
 - one part per named paper when the question names several papers and the cut gave fewer parts.
 
@@ -29,7 +29,7 @@ _WH = r"(?:what|which|who|whom|whose|where|when|why|how|does|do|did|is|are|was|w
 # ", and how many ...", " and what ...", "; which ...", "? How ..."
 _QUESTION_WORD = r"(?:what|which|how|who|whom|whose|where|when|why)"
 # A new clause: a second "?", ", and how many ...", " and what ...", "; which ...", ", how long ...",
-# ", on what hardware ...", ", and in at least how many ..." (a comma, up to three words, a question word).
+# ", on which GPUs ...", ", and for at most how many ..." (a comma, up to three words, a question word).
 _CLAUSE_BREAK = re.compile(
     rf"\?\s+(?=\w)|\s*[;,]?\s+(?:and|but|also|plus)\s+(?={_WH}\b)|\s*;\s+"
     rf"|,\s+(?:and\s+|or\s+)?(?=(?:[\w-]+\s+){{0,3}}?{_QUESTION_WORD}\b)",
@@ -55,7 +55,7 @@ class Part:
     """One thing the question asks."""
 
     text: str  # the part as a stand-alone query (retrieval and similarity use it)
-    focus: set[str]  # stems of what this part asks about ("warmup", "step")
+    focus: set[str]  # stems of what this part asks about ("dropout", "rate")
     context: set[str]  # stems it shares with the other parts (the subject, the paper)
     wants_number: bool = False
     names: set[str] = field(default_factory=set)  # names it uses (GPT-2, WMT, BLEU)
@@ -82,12 +82,12 @@ class Question:
 
 
 def wants_number(text: str) -> bool:
-    """'How many heads ...?', 'what learning rate ...' are answered by a number."""
+    """'How many layers ...?', 'what dropout rate ...' are answered by a number."""
     return bool(_NUMERIC.search(text))
 
 
 def asked_terms(text: str) -> set[str]:
-    """The thing a number question counts: 'how many *warmup steps* does ...' -> {warmup, step}."""
+    """The thing a number question counts: 'how many *hidden units* does ...' -> {hidden, unit}."""
     found = _ASKED.search(text)
     return tx.key_terms(found.group(1)) if found else set()
 
@@ -107,7 +107,7 @@ def analyze(question: str, named: Callable[[str], set[str]] | None = None, max_p
     for clause in pieces or [question]:
         parts.extend(_clause_parts(clause))
     parts = _merge_empty(parts, question)
-    if setting:  # "For FlashAttention's BERT-large runs, ...": what every part is asked about
+    if setting:  # "For BetaNet's ImageNet runs, ...": what every part is asked about
         for part in parts:
             part.context |= question_terms(setting) - part.focus
             part.names |= tx.entities(f"of {setting}")
@@ -126,18 +126,19 @@ def analyze(question: str, named: Callable[[str], set[str]] | None = None, max_p
 
 
 _ASKING = re.compile(rf"\b{_WH}\b", re.IGNORECASE)
-# A clause opened by a preposition or a subordinator sets the scene ("In Attention Is All You Need",
-# "When the authors took the 100 value vectors ...", "With LoRA on GPT-3 175B") when the clauses
+# A clause opened by a preposition or a subordinator sets the scene ("In What Makes a Good Prior",
+# "When the authors froze the first 4 layers ...", "With BetaNet on ImageNet-1k") when the clauses
 # after it ask: a question word inside it is then part of a name or of the scene, not a question.
 _SCENE = re.compile(
     r"^(?:in|for|with|on|during|across|under|at|after|before|once|when|while|per|according to|using|"
-    r"within|from|of|about)\b", re.IGNORECASE,
+    r"within|from|of|about)\b",
+    re.IGNORECASE,
 )
 _OPENS_QUESTION = re.compile(rf"^\s*(?:[\w'-]+\s+){{0,3}}?{_QUESTION_WORD}\b", re.IGNORECASE)
 
 
 def _setting(pieces: list[str]) -> tuple[str, list[str]]:
-    """A leading clause that asks nothing ('In LoRA', 'For the parsing experiment') and the rest."""
+    """A leading clause that asks nothing ('In BetaNet', 'For the retrieval experiment') and the rest."""
     if len(pieces) < 2:
         return "", pieces
     asks_nothing = not _ASKING.search(pieces[0])
@@ -219,7 +220,7 @@ def _phrase_before(words: list[str], index: int) -> str:
     return " ".join(out)
 
 
-# Verbs that end a coordinated phrase: "do GPT-1 and LLaMA *use*".
+# Verbs that end a coordinated phrase: "do BetaNet and GammaNet *use*".
 _VERBS = set(
     "use uses used using have has had get gets got achieve achieves achieved report reports reported train trained "
     "need needs take takes perform performs differ mean means show shows apply applies applied employ employs "
@@ -251,10 +252,10 @@ def _phrase_after(words: list[str], index: int) -> str:
 
 def _coordinated(clause: str, items: list[str]) -> list[Part]:
     """One part per item; the clause's other terms are every part's context. When the items are
-    names ("GPT-1 and LLaMA"), they are whom the clause asks about, not what: the shared terms are
+    names ("BetaNet and GammaNet"), they are whom the clause asks about, not what: the shared terms are
     then the focus and each name is its part's context."""
     item_terms = [question_terms(item) for item in items]
-    if len(items) == 2:  # "the base model's BLEU" vs "the big model": what tells them apart is the focus
+    if len(items) == 2:  # "the small variant's accuracy" vs "the large variant": what tells them apart is the focus
         first, second = item_terms
         item_terms = [first - second or first, second - first or second]
     shared = question_terms(clause) - set().union(*item_terms)
@@ -270,7 +271,7 @@ def _coordinated(clause: str, items: list[str]) -> list[Part]:
 
 
 def _is_name(item: str) -> bool:
-    """Is a coordinated item only a name ("GPT-1", "LLaMA", "BetaNet"), not a thing asked about?"""
+    """Is a coordinated item only a name ("BetaNet-2", "GammaNet", "BetaNet"), not a thing asked about?"""
     names = tx.entities(f"of {item}")  # mid-sentence, so a capitalised first word counts as a name
     return bool(names) and not (tx.key_terms(item, min_len=3) - {tx.stem(n) for n in names})
 
@@ -288,7 +289,7 @@ def _substitute(clause: str, items: list[str], keep: str) -> str:
 
 def _part(text: str, focus: set[str], context: set[str], counted: bool = False) -> Part:
     """A part; with `counted`, the thing a number question counts becomes its focus and the rest of
-    the clause its context ("how many *heads* does the base Transformer use")."""
+    the clause its context ("how many *layers* does the small BetaNet use")."""
     asked = asked_terms(text) if counted else set()
     if asked:
         focus, context = set(asked), (focus - asked) | context
@@ -299,7 +300,7 @@ def _part(text: str, focus: set[str], context: set[str], counted: bool = False) 
 
 def _merge_empty(parts: list[Part], question: str) -> list[Part]:
     """A part with nothing to ask joins its neighbour as context: 'and how?' the part before it,
-    a leading 'In LoRA' or 'For the parsing experiment' the part after it."""
+    a leading 'In BetaNet' or 'For the retrieval experiment' the part after it."""
     kept: list[Part] = []
     pending: Part | None = None  # a leading clause with nothing to ask, waiting for the next part
     for part in parts:
@@ -324,7 +325,7 @@ def _merge_empty(parts: list[Part], question: str) -> list[Part]:
 
 def _one_part_per_paper(parts: list[Part], papers: set[str], named: Callable[[str], set[str]]) -> list[Part]:
     """A question about several papers asks its thing of each: give each paper a part of its own
-    unless the cut already did ("GPT-1's optimizer and LLaMA's normalisation")."""
+    unless the cut already did ("BetaNet's optimizer and GammaNet's tokeniser")."""
     if len(papers) < 2:
         return parts
     covered = set().union(*(p.papers for p in parts))

@@ -341,14 +341,11 @@ class QuoteScorer:
 
 def missing_qualifiers(part: Part, evidence: Evidence, pool: Pool | None = None) -> set[str]:
     """Names and numbers the part asks about that neither the passage nor the other retrieved
-    passages of its paper state: 'on WMT 2016 English-Romanian', 'LLaMA-175B', 'an RTX 4090'. A
+    passages of its paper state: 'on ImageNet-21k', 'BetaNet-70B', 'a TPU v5'. A
     passage about the paper's own setting then answers a question about a setting it does not report."""
     text = pool.paper_text(evidence.doc_id) if pool is not None and evidence.doc_id else evidence.full
     haystack = tx.fold(text)
     missing = {name for name in part.names if not tx.has_entity(name, haystack)}
     stated = tx.numbers(text)
-    asked = tx.numbers(_NAME_WITH_NUMBER.sub(" ", part.text))  # "GPT-2" names a model, not a number
+    asked = tx.numbers(tx.without_named_numbers(part.text))  # "GPT-2" names a model, not a number
     return missing | {n for n in asked if n not in stated}
-
-
-_NAME_WITH_NUMBER = re.compile(r"\b[A-Za-z]+-?\d+(?:\.\d+)?[A-Za-z]*\b")

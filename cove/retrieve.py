@@ -180,9 +180,9 @@ class Retriever:
                 continue
             aliases[record.doc_id] = list(record.aliases)
             source = record.source.rsplit("/", 1)[-1].rsplit(".", 1)[0].replace("_", " ")
-            for key in name_words(f"{record.title} {source}") | title_phrases(record.title):
+            for key in tx.name_words(f"{record.title} {source}") | title_phrases(record.title):
                 from_titles.setdefault(key, set()).add(record.doc_id)
-            for key in {name_key(k) for alias in record.aliases for k in alias_keys(alias)}:
+            for key in {tx.name_key(k) for alias in record.aliases for k in alias_keys(alias)}:
                 from_aliases.setdefault(key, set()).add(record.doc_id)
         index = {**from_titles, **from_aliases}
         # A name shared by many documents ("GPT-2" in half the titles) singles out nothing.
@@ -298,25 +298,6 @@ def each_named_paper(chosen: list[Hit], ranked: list[Hit], named: set[str], k: i
     return chosen
 
 
-_NAME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:-\d+)?")
-_LETTER_DIGIT = re.compile(r"(?<=[a-z])[-\s](?=\d+(?![\w.]))")
-
-
-def name_key(text: str) -> str:
-    """How names are compared: folded, and 'GPT-2' / 'GPT 2' written 'gpt2' (as file names do)."""
-    return _LETTER_DIGIT.sub("", tx.fold(text))
-
-
-def name_words(text: str) -> set[str]:
-    """The name-like words of a title or file name, as name keys: inner capitals (LoRA, LLaMA,
-    FlashAttention), acronyms (GPT) or letters with digits (GPT-2 -> gpt2). Plain words
-    ("Attention", "models") are left out: they name no paper in particular."""
-    words = _NAME_LIKE.findall(text)
-    letters = [c for w in words for c in w if c.isalpha()]
-    shouted = sum(c.isupper() for c in letters) > 0.6 * max(1, len(letters))  # "LORA: LOW-RANK ADAPTATION"
-    return {name_key(w) for w in words if "-" in w or (not shouted and tx.name_like(w))}
-
-
 _TITLE_WORD = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
@@ -333,7 +314,7 @@ def title_phrases(title: str) -> set[str]:
 def match_names(query: str, names: dict[str, set[str]]) -> set[str]:
     """Documents whose names occur in the query. A name inside a longer matched name of another
     document does not count ("transformer" inside "transformer feed-forward layers")."""
-    folded = name_key(query)
+    folded = tx.name_key(query)
     spans: list[tuple[int, int, set[str]]] = []
     for key, docs in names.items():
         for match in re.finditer(rf"(?<![\w-]){re.escape(key)}s?(?![\w-])", folded):

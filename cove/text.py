@@ -248,6 +248,14 @@ SENTENCE_STARTERS = {
 }  # fmt: skip
 
 
+def _inner_capitals(word: str) -> bool:
+    return any(c.isupper() for c in word[1:])
+
+
+def _letters_and_digits(word: str) -> bool:
+    return any(c.isdigit() for c in word) and any(c.isalpha() for c in word)
+
+
 def entities(text: str) -> set[str]:
     """Names: acronyms (BLEU), CamelCase (LoRA), names with digits (GPT-2), capitalised words that
     do not start the sentence. The claim-level notion of "a name the source must contain"."""
@@ -257,9 +265,8 @@ def entities(text: str) -> set[str]:
         token = re.sub(r"'s$", "", token.replace("\u2019", "'")).strip("-'")
         if len(token) < 2:
             continue
-        inner_caps = any(c.isupper() for c in token[1:])
         capitalised = token[0].isupper() and i > 0 and token not in SENTENCE_STARTERS
-        if inner_caps or capitalised or (any(c.isdigit() for c in token) and any(c.isalpha() for c in token)):
+        if _inner_capitals(token) or capitalised or _letters_and_digits(token):
             found.add(token)
     return found
 
@@ -281,7 +288,34 @@ def name_like(word: str) -> bool:
     inner capitals (LoRA, FlashAttention) or letters with digits (GPT2)."""
     if word.isupper():
         return 2 <= len(word) <= 5
-    return any(c.isupper() for c in word[1:]) or (any(c.isdigit() for c in word) and len(word) > 2)
+    return _inner_capitals(word) or (any(c.isdigit() for c in word) and len(word) > 2)
+
+
+_NAME_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:-\d+)?")
+_LETTER_DIGIT = re.compile(r"(?<=[a-z])[-\s](?=\d+(?![\w.]))")
+
+
+def name_key(text: str) -> str:
+    """How names are compared: folded, and 'GPT-2' / 'GPT 2' written 'gpt2' (as file names do)."""
+    return _LETTER_DIGIT.sub("", fold(text))
+
+
+def name_words(text: str) -> set[str]:
+    """The name-like words of a title or file name, as name keys: inner capitals (LoRA, LLaMA,
+    FlashAttention), acronyms (GPT) or letters with digits (GPT-2 -> gpt2). Plain words
+    ("Attention", "models") are left out: they name no paper in particular."""
+    words = _NAME_LIKE.findall(text)
+    letters = [c for w in words for c in w if c.isalpha()]
+    shouted = sum(c.isupper() for c in letters) > 0.6 * max(1, len(letters))  # "LORA: LOW-RANK ADAPTATION"
+    return {name_key(w) for w in words if "-" in w or (not shouted and name_like(w))}
+
+
+_NAMED_NUMBER = re.compile(r"\b[A-Za-z]+-?\d+(?:\.\d+)?[A-Za-z]*\b")  # GPT-2, A100, RTX4090, v1.5b
+
+
+def without_named_numbers(text: str) -> str:
+    """The text with names that carry digits blanked: in "GPT-2's 48 layers" only 48 is a number."""
+    return _NAMED_NUMBER.sub(" ", text)
 
 
 _NAME_NUMBER = re.compile(r"\b([A-Za-z]+)-(\d+)\b")  # "GPT-2" -> "GPT2", the way file names spell it

@@ -123,8 +123,20 @@ SIGNS = {
         ("focus", "focus_all", "new_name", "context", "passage", "similarity", "number_about", "named_paper", "reason"),
         _UP,
     ),
-    **dict.fromkeys(("cut_off", "question_mark", "heading", "short", "long", "numeric_density", "symbol_density",
-                     "other_paper", "no_number"), _DOWN),  # fmt: skip
+    **dict.fromkeys(
+        (
+            "cut_off",
+            "question_mark",
+            "heading",
+            "short",
+            "long",
+            "numeric_density",
+            "symbol_density",
+            "other_paper",
+            "no_number",
+        ),
+        _DOWN,
+    ),  # fmt: skip
 }
 
 
@@ -200,6 +212,30 @@ def fit_gate(x: np.ndarray, y: np.ndarray, max_false_refusals: float, l2: float 
     }
 
 
+def cache_key(settings, split: Split) -> dict:
+    """What the collected features depend on: the feature list, the index, the candidate settings and the
+    dataset. A cache made under another key is collected again, never reused with shifted columns."""
+    return {
+        "feature_names": list(FEATURE_NAMES),
+        "index_id": settings.index_id(),
+        "retrieve": settings.retrieve.model_dump(mode="json"),
+        "quotes": settings.quotes.model_dump(mode="json"),
+        "dataset_sha256": split.record()["dataset_sha256"],
+    }
+
+
+def load_cache(path: Path, key: dict) -> list[Group] | None:
+    """The cached feature groups at `path` if they were collected under `key` (else None, saying why)."""
+    if not path.is_file():
+        return None
+    cached = pickle.loads(path.read_bytes())  # a file this script wrote for its user, not shared input
+    if not isinstance(cached, dict) or cached.get("key") != key:
+        stale = [k for k in key if not isinstance(cached, dict) or (cached.get("key") or {}).get(k) != key[k]]
+        print(f"{path}: collected under other {', '.join(stale)}: collecting again")
+        return None
+    return cached["groups"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=Path("evals/datasets/dev.jsonl"))
@@ -217,8 +253,9 @@ def main() -> None:
         from evals.corpus import ingest_corpus
 
         ingest_corpus(args.corpus, list(split.items), settings)
-    if args.features is not None and args.features.is_file():
-        cached = pickle.loads(args.features.read_bytes())
+    key = cache_key(settings, split)
+    cached = load_cache(args.features, key) if args.features is not None else None
+    if cached is not None:
         groups = split.only_tuning(cached, lambda group: group.item)  # a stale cache cannot bring held-out items
         dropped = len(cached) - len(groups)
         print(f"features of {len(groups)} groups from {args.features} ({dropped} not tuning: dropped)")
@@ -227,7 +264,7 @@ def main() -> None:
         print(f"collecting features for {len(items)} tuning items (held out and never used: {len(split.heldout)})")
         groups = collect(engine, items)
         if args.features is not None:
-            args.features.write_bytes(pickle.dumps(groups))
+            args.features.write_bytes(pickle.dumps({"key": key, "groups": groups}))
     w = fit_weights(groups, args.l2)
     rows = best_rows(groups, w)
     answerable = [hit for g, _, _, hit in rows if g.answerable and g.gold.any()]

@@ -72,8 +72,10 @@ def parse_bibtex_bounded(
         reason = f"took longer than {limits.timeout_s:g} s to read (parse.timeout_s)"
     elif outcome.limit == "memory":
         reason = f"needed more than {limits.max_memory_mb} MB of memory to read (parse.max_memory_mb)"
-    else:  # CPython does not always survive running out of address space: the worker may just die
+    elif outcome.limit == "crash":  # CPython does not always survive running out of address space
         reason = f"could not be read within parse.max_memory_mb ({limits.max_memory_mb} MB): {outcome.error}"
+    else:  # the reader itself failed: its reason, not a bound
+        reason = f"could not be read ({outcome.error})"
     raise ReferenceError(f"the .bib file {path.name} {reason}: nothing in it was imported")
 
 
@@ -138,4 +140,3 @@ def _attached_file(files: list[str], base_dir: Path, roots: list[Path]) -> tuple
             outside.append(written)
     existing.sort(key=lambda p: p.suffix.lower() != ".pdf")
     return (existing[0] if existing else None), missing, outside
-

@@ -76,7 +76,9 @@ class ParseOutcome:
     error: str | None
     seconds: float
     report: dict = field(default_factory=dict)  # the parse report of a document read but refused (a scan)
-    limit: str = ""  # which bound stopped the job: "time" or "memory" ("" for any other failure)
+    # What stopped the job: "time" or "memory" (a bound crossed), "crash" (the worker died: a signal or an
+    # exit, which running out of address space can also cause), "" for a failure the parser reported.
+    limit: str = ""
 
 
 # --- the worker process ---------------------------------------------------------------------------------
@@ -303,14 +305,14 @@ class ParseSupervisor:
             try:
                 status, value = worker.conn.recv()
             except (EOFError, OSError):
-                return ParseOutcome(job, None, _died(worker), seconds), False
+                return ParseOutcome(job, None, _died(worker), seconds, limit="crash"), False
             if status == OK:
                 return ParseOutcome(job, value, None, seconds), True
             reason, report = value if isinstance(value, tuple) else (value, {})
             limit = "memory" if status == FATAL else ""  # FATAL is only ever sent when memory ran out
             return ParseOutcome(job, None, reason, seconds, report, limit), status != FATAL
         if not worker.process.is_alive():
-            return ParseOutcome(job, None, _died(worker), seconds), False
+            return ParseOutcome(job, None, _died(worker), seconds, limit="crash"), False
         if seconds >= self.limits.timeout_s:
             return ParseOutcome(
                 job, None, f"parsing took longer than {self.limits.timeout_s:g} s: killed", seconds, limit="time"

@@ -113,9 +113,11 @@ def test_an_unsupported_generated_sentence_is_dropped_and_reported(small_library
 # --- chain-of-verification (issue 15) ------------------------------------------------------------
 
 
-def test_cove_corrects_a_contradicted_draft_number_and_cites_the_evidence(small_library):
+@pytest.mark.parametrize("pool_evidence", [True, False])
+def test_cove_corrects_a_contradicted_draft_number_and_cites_the_evidence(small_library, pool_evidence):
+    """Pooled or not, the quote that corrects a claim is one the answer may quote and cites."""
     model = ScriptedModel(lambda sources: "The base Transformer uses 1 attention head [2].")
-    answer = engine_with(small_library, model).ask(HEADS, pipeline="cove")
+    answer = engine_with(small_library, model, cove={"pool_evidence": pool_evidence}).ask(HEADS, pipeline="cove")
     fixes = [c for c in answer.corrections if c["change"] == "contradicted"]
     assert fixes, answer.corrections
     assert "1 attention head" in fixes[0]["claim"] and "h = 8" in fixes[0]["replacement"]

@@ -66,6 +66,31 @@ def test_a_third_is_held_out_frozen_by_hash_and_named_in_the_readme():
     assert heldout_hash(DEV) in readme, "the held-out items changed since they were frozen (or the README hash did)"
 
 
+def test_the_code_quotes_no_dev_question():
+    """Rules are about question syntax, not about particular questions: no run of five words of a
+    dev question (held-out or tuning) appears in the product's code, its comments or docstrings,
+    except inside a paper's title (titles are how users name papers)."""
+    import re
+    import tomllib
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+", text.lower())
+
+    def runs(ws: list[str], n: int = 5) -> set[tuple[str, ...]]:
+        return {tuple(ws[i : i + n]) for i in range(len(ws) - n + 1)}
+
+    papers = tomllib.loads((ROOT / "ingest" / "reading_list.toml").read_text())["paper"]
+    titled = set().union(*(runs(words(p.get("title", ""))) for p in papers))
+    asked = {run: item.id for item in load_dataset(DEV) for run in runs(words(item.question)) - titled}
+    quoted = []
+    for package in ("cove", "ingest", "service", "app", "prompts"):
+        for path in sorted((ROOT / package).rglob("*")):
+            if path.suffix in {".py", ".md", ".toml", ".txt"}:
+                found = runs(words(path.read_text())) & asked.keys()
+                quoted += [f"{path.relative_to(ROOT)}: '{' '.join(r)}' ({asked[r]})" for r in sorted(found)]
+    assert not quoted, "\n".join(quoted)
+
+
 def test_freeze_draws_by_type_reproducibly():
     types = {f"i{n}": ("table" if n % 3 == 0 else "multi-fact") for n in range(30)}
     first = choose_heldout(types, sorted(types), 10, seed=3)

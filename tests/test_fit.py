@@ -129,3 +129,22 @@ def test_the_fitter_sees_the_features_the_runtime_scores(small_library, monkeypa
         expected = np.array([[features.get(name, 0.0) for name in FEATURE_NAMES] for _, features in candidates])
         assert group.features.shape == expected.reshape(len(candidates), len(FEATURE_NAMES)).shape, part_text
         assert np.allclose(group.features, expected.reshape(group.features.shape)), part_text
+
+
+def test_a_feature_cache_is_reused_only_under_the_key_it_was_collected_under(tmp_path, capsys):
+    """A cache from another feature list, index or dataset would give the fit shifted or stale
+    columns: it is collected again, and the message names what changed."""
+    import pickle
+
+    from evals.fit_quotes import load_cache
+
+    groups = _groups(np.random.default_rng(0), n=3)
+    key = {"feature_names": list(FEATURE_NAMES), "index_id": "abc", "dataset_sha256": "d1"}
+    path = tmp_path / "features.pkl"
+    path.write_bytes(pickle.dumps({"key": key, "groups": groups}))
+    assert [g.item for g in load_cache(path, key)] == [g.item for g in groups]
+    assert load_cache(path, {**key, "feature_names": [*FEATURE_NAMES, "new_feature"]}) is None
+    assert "feature_names" in capsys.readouterr().out
+    path.write_bytes(pickle.dumps(groups))  # the old format: a bare list with no key
+    assert load_cache(path, key) is None
+    assert load_cache(tmp_path / "absent.pkl", key) is None

@@ -121,6 +121,17 @@ def test_an_instruction_heading_governs_its_section_whatever_else_it_matches():
     assert "42" not in checks.without_instructions(second)
 
 
+def test_a_section_cut_across_chunks_stays_governed_by_its_heading():
+    """A chunk that starts inside a "### Response:" section (the heading fell in the chunk before)
+    is governed by its section's heading, down to the chunk's first heading of its own."""
+    tail = "The base model uses 42 heads. It was trained for 3 days.\n\n## Results\n\nKept sentence."
+    cut = checks.without_instructions(tail, section="Response:")
+    assert "42" not in cut and "3 days" not in cut and "Kept sentence." in cut, cut
+    assert checks.without_instructions(tail, section="### Instruction") == cut
+    assert "42" in checks.without_instructions(tail, section="3 Training")  # an ordinary section
+    assert "42" in checks.without_instructions(tail)
+
+
 def test_hostile_symbol_lines_are_read_in_bounded_time():
     """`^\\W*` at every line start backtracked over lines of symbols: 16,000 characters of "-\\n" took
     45 s per chunk, and every retrieved chunk is read twice per answer. Linear now."""

@@ -285,3 +285,16 @@ def test_a_hostile_bib_is_parsed_in_the_bounded_worker_and_the_rest_goes_on(tmp_
     ((_, reason),) = failed
     assert reason.startswith("the .bib file hostile.bib ") and "350 MB" in reason, reason
     assert "parse.max_memory_mb" in reason and reason.endswith("nothing in it was imported"), reason
+
+
+def test_a_bib_the_reader_cannot_read_says_why_not_memory(tmp_path):
+    """A failure that crossed no bound is reported as the reader's own reason, not as memory."""
+    from ingest.refmanagers import parse_bibtex_bounded
+
+    unreadable = tmp_path / "folder.bib"
+    unreadable.mkdir()  # read in the worker: IsADirectoryError, neither a time-out nor out of memory
+    with pytest.raises(ReferenceError) as raised:
+        parse_bibtex_bounded(unreadable)
+    reason = str(raised.value)
+    assert reason.startswith("the .bib file folder.bib could not be read (") and "IsADirectoryError" in reason, reason
+    assert "memory" not in reason and reason.endswith("nothing in it was imported"), reason

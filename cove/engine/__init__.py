@@ -1,7 +1,7 @@
 """The answer engine: retrieve -> coverage -> draft -> verify -> compose, each a visible stage.
 
     engine = AnswerEngine(settings)
-    answer = engine.ask("How many attention heads does the base Transformer use?", on_event=print)
+    answer = engine.ask("Which optimizer trained the paper's largest model?", on_event=print)
     answer.to_json()
 
 One module per stage, each a function of the engine's shared parts and one `AskContext` (the

@@ -100,6 +100,8 @@ class CoVe:
                     confirmed.append(check)
                 if result.status == CONTRADICTED:
                     corrections.append(_contradiction(result, pooled))
+                    if result.source is not None:  # the revision quotes it in place of the claim
+                        quotable.add(result.source)
             else:
                 result = Verification(vq.text, vq.kind, NOT_FOUND)
             results.append(result)
@@ -233,8 +235,11 @@ def _unplanned_sentences(draft: Draft, verification: VerificationRound, engine: 
         return []  # the draft was composed as single-shot composes it: its own corrections say what went
     planned = {tx.fold(q.claim) for q in verification.questions if q.kind == CLAIM and q.claim}
     return [
-        Correction(Change.REMOVED, tx.strip_citations(check.sentence),
-                   reason="not verified: no verification question asked about it")
+        Correction(
+            Change.REMOVED,
+            tx.strip_citations(check.sentence),
+            reason="not verified: no verification question asked about it",
+        )
         for check in draft.checks
         if tx.fold(tx.strip_citations(check.sentence)) not in planned
     ]
