@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from cove.docs import ParsedDocument
 from ingest.parse import ParseError, ParseLimits, parse_file
+from ingest.refentries import ReferenceError as RefEntryError
 
 BIBTEX = "bibtex"  # a job kind besides the document kinds: a .bib export, read into references
 
@@ -131,6 +132,8 @@ def _parse_one(path: str, kind: str, limits: WorkerLimits) -> tuple[str, Any]:
         return OK, parse_file(path, kind, limits=limits.parse)
     except ParseError as err:
         return ERROR, (str(err), err.report)
+    except RefEntryError as err:  # the .bib reader's own reason, in its words
+        return ERROR, str(err)
     except MemoryError:
         return FATAL, _out_of_memory(limits)
     except RecursionError:
