@@ -50,6 +50,19 @@ def heldout_hash(dataset: str | Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def choose_papers(files: list[str], count: int, seed: int) -> list[str]:
+    """`count` of the corpus's PDF file names, drawn reproducibly: the papers a trained reader leaves
+    out of every step of making its training data, so its score on their items shows whether it
+    learned the skill or the papers."""
+    return sorted(random.Random(seed).sample(sorted(files), count))
+
+
+def heldout_papers(dataset: str | Path) -> list[str]:
+    """The papers listed in `<dataset>.heldout-papers.txt` (comment lines skipped)."""
+    path = Path(dataset).with_name(Path(dataset).stem + ".heldout-papers.txt")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", type=Path)

@@ -91,6 +91,15 @@ def test_the_code_quotes_no_dev_question():
     assert not quoted, "\n".join(quoted)
 
 
+def test_the_papers_held_out_of_training_are_the_seeded_draw(corpus):
+    """The reader's paper-level held-out set is the frozen draw over the corpus, not a choice."""
+    from evals.freeze import choose_papers, heldout_papers
+
+    files = [line.split("\t")[0] for line in (corpus / "MANIFEST.tsv").read_text().splitlines()[1:] if line]
+    assert len(files) == 11
+    assert heldout_papers(DEV) == choose_papers(files, 2, seed=22) == ["2012.14913.pdf", "2106.09685.pdf"]
+
+
 def test_freeze_draws_by_type_reproducibly():
     types = {f"i{n}": ("table" if n % 3 == 0 else "multi-fact") for n in range(30)}
     first = choose_heldout(types, sorted(types), 10, seed=3)
