@@ -65,6 +65,11 @@ class Hit:
     def title(self) -> str:
         return self.metadata.get("title", "")
 
+    @property
+    def section(self) -> str:
+        """The heading the chunk sits under ("" when none)."""
+        return str(self.metadata.get("section") or "")
+
 
 @dataclass
 class RetrievalResult:

@@ -124,19 +124,10 @@ SIGNS = {
         _UP,
     ),
     **dict.fromkeys(
-        (
-            "cut_off",
-            "question_mark",
-            "heading",
-            "short",
-            "long",
-            "numeric_density",
-            "symbol_density",
-            "other_paper",
-            "no_number",
-        ),
+        ("cut_off", "question_mark", "heading", "short", "long", "numeric_density", "symbol_density", "other_paper"),
         _DOWN,
-    ),  # fmt: skip
+    ),
+    "no_number": _DOWN,
 }
 
 
@@ -229,8 +220,9 @@ def load_cache(path: Path, key: dict) -> list[Group] | None:
     if not path.is_file():
         return None
     cached = pickle.loads(path.read_bytes())  # a file this script wrote for its user, not shared input
-    if not isinstance(cached, dict) or cached.get("key") != key:
-        stale = [k for k in key if not isinstance(cached, dict) or (cached.get("key") or {}).get(k) != key[k]]
+    made_under = (cached.get("key") if isinstance(cached, dict) else None) or {}  # an old cache: a bare list
+    if made_under != key:
+        stale = [k for k in key if made_under.get(k) != key[k]]
         print(f"{path}: collected under other {', '.join(stale)}: collecting again")
         return None
     return cached["groups"]

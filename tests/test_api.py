@@ -348,25 +348,80 @@ def test_an_answer_stops_when_its_client_hangs_up(library_copy_api, tmp_path):
         assert "Traceback" not in log.read_text()
 
 
+class HeldModel:
+    """An OpenAI-compatible model server on loopback that answers nothing until `release()`: the
+    answer at the model is then surely still running when the next question arrives (the bundled
+    model can finish a short answer, and free its place, before the test asks again)."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.released = threading.Event()
+        self.asked = threading.Event()
+        held = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                held.asked.set()
+                held.released.wait(120)
+                message = {"role": "assistant", "content": "Not stated."}
+                if request.get("stream"):
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "held",
+                             "choices": [{"index": 0, "delta": message, "finish_reason": "stop"}]}  # fmt: skip
+                    body, kind = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode(), "text/event-stream"
+                else:
+                    reply = {"id": "c", "object": "chat.completion", "created": 0, "model": "held",
+                             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}  # fmt: skip
+                    body, kind = json.dumps(reply).encode(), "application/json"
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 def test_queued_answers_are_capped_with_retry_after(library_copy_api, tmp_path):
     """Waiting requests were uncapped, each holding a worker thread: beyond `answer.max_queued`, a
-    question is turned away at once with 503 and Retry-After, streamed or not. (The open stream that
-    the test stops reading holds its place until it is closed, however soon its answer ends.)"""
-    env = {"COVE_ANSWER__MAX_QUEUED": "0"}  # one answer at the model, none waiting
-    with CoveApiServer(library_copy_api, log=tmp_path / "serve.log", env=env) as api:
-        client, response = open_stream_until_the_model_runs(api.url)
-        try:
-            messages = [{"role": "user", "content": HEADS}]
-            for stream in (False, True):
-                body = {"model": "cove", "stream": stream, "messages": messages}
-                full = httpx.post(api.url + "/v1/chat/completions", json=body, timeout=60)
-                assert full.status_code == 503, full.text
-                assert full.json()["error"]["code"] == "too_many_answers" and full.headers["retry-after"] == "10"
-            asked = httpx.post(api.url + "/api/ask", json={"question": HEADS}, timeout=60)
-            assert asked.status_code == 503 and asked.headers["retry-after"] == "10"
-        finally:
-            response.close()
-            client.close()
+    question is turned away at once with 503 and Retry-After, streamed or not, while an answer is at
+    the model (held there by a loopback model server until the test is done)."""
+    model = HeldModel()
+    env = {"COVE_ANSWER__MAX_QUEUED": "0",  # one answer at the model, none waiting
+           "COVE_MODEL__BACKEND": "openai", "COVE_MODEL__OPENAI_URL": model.url}  # fmt: skip
+    try:
+        with CoveApiServer(library_copy_api, log=tmp_path / "serve.log", env=env) as api:
+            client, response = open_stream_until_the_model_runs(api.url)
+            try:
+                assert model.asked.wait(120), "the held answer never reached the model"
+                messages = [{"role": "user", "content": HEADS}]
+                for stream in (False, True):
+                    body = {"model": "cove", "stream": stream, "messages": messages}
+                    full = httpx.post(api.url + "/v1/chat/completions", json=body, timeout=60)
+                    assert full.status_code == 503, full.text
+                    assert full.json()["error"]["code"] == "too_many_answers" and full.headers["retry-after"] == "10"
+                asked = httpx.post(api.url + "/api/ask", json={"question": HEADS}, timeout=60)
+                assert asked.status_code == 503 and asked.headers["retry-after"] == "10"
+            finally:
+                model.released.set()
+                response.close()
+                client.close()
+    finally:
+        model.release()
 
 
 def test_only_coves_own_origin_may_post(server):

@@ -132,6 +132,23 @@ def test_a_section_cut_across_chunks_stays_governed_by_its_heading():
     assert "42" in checks.without_instructions(tail)
 
 
+def test_an_ingested_markdown_section_keeps_its_heading_across_chunks(tmp_path):
+    """Through the real parser and chunker: a long "### Response:" section becomes several chunks,
+    each recording the heading as its section; the chunks after the first keep no sentence of it."""
+    from cove.settings import CoveSettings
+    from ingest.chunk import chunk_document
+    from ingest.parse import parse_file
+
+    body = " ".join(["The base model uses 42 heads and was trained for three days on the cluster."] * 60)
+    note = tmp_path / "note.md"
+    note.write_text(f"# Notes\n\nThe base model uses 8 heads.\n\n### Response:\n\n{body}\n")
+    limits = CoveSettings().chunk
+    chunks = chunk_document("note", parse_file(str(note), "markdown"), limits.size, limits.overlap, limits.min_chars)
+    later = [c for c in chunks if not c.text.lstrip().startswith("#")]
+    assert len(later) >= 2 and all(c.section == "Response:" for c in later), [(c.section, c.text[:40]) for c in chunks]
+    assert all("42" in c.text and "42" not in checks.without_instructions(c.text, c.section) for c in later)
+
+
 def test_hostile_symbol_lines_are_read_in_bounded_time():
     """`^\\W*` at every line start backtracked over lines of symbols: 16,000 characters of "-\\n" took
     45 s per chunk, and every retrieved chunk is read twice per answer. Linear now."""

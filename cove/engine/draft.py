@@ -74,7 +74,7 @@ def sources_block(engine: AnswerEngine, retrieval: Retrieval) -> str:
     lines = []
     for n, hit in enumerate(retrieval.hits, start=1):
         where = f"{hit.title or hit.source}, p. {hit.page}"
-        text = without_instructions(hit.text, str(hit.metadata.get("section") or ""))
+        text = without_instructions(hit.text, hit.section)
         lines.append(f"[{n}] ({where}) {excerpt(text, retrieval.query, limit)}")
     return "\n".join(lines)
 

@@ -52,8 +52,7 @@ def make_evidence(engine: AnswerEngine, n: int, hit: Hit) -> Evidence:
         header += " (" + ", ".join(aliases) + ")"
     return Evidence(
         n, hit.text, header, np.asarray(hit.vector, dtype=np.float32) if hit.vector is not None else None,
-        unquotable=unquotable_spans(hit.metadata, hit.text)
-        + instruction_spans(hit.text, str(hit.metadata.get("section") or "")),
+        unquotable=unquotable_spans(hit.metadata, hit.text) + instruction_spans(hit.text, hit.section),
         block=str(hit.metadata.get("block") or "prose"),
         doc_id=hit.doc_id, label=str(hit.metadata.get("label") or ""), table_header=_header_cells(hit.metadata),
         rank=hit.rank, cosine=hit.cosine,
