@@ -608,6 +608,31 @@ def model_check(
         raise typer.Exit(3)
 
 
+@app.command("train-reader")
+def train_reader_command(
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the reader (default <home>/reader).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training pairs.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the pair sampling, the shuffle and torch.")] = 22,
+    model_questions: Annotated[
+        int, typer.Option("--model-questions", help="Sentences the chat model writes a question for (0: templates only).")
+    ] = 0,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="A paper's file name to leave out.")] = None,
+    per_paper: Annotated[int, typer.Option("--per-paper", help="Most questions made per paper.")] = 400,
+    home: HomeOpt = None,
+) -> None:
+    """Train the reader on this library (pairs from its own text; a progress bar), to use with
+    COVE_READER__PATH=<out>."""
+    from cove.engine import AnswerEngine
+    from cove.reader.train import retrain
+
+    settings = _settings(home, reader={"kind": "off"})
+    target = out or settings.home_dir / "reader"
+    manifest = retrain(AnswerEngine(settings), target, seed, epochs, model_questions, exclude or [],
+                       log=lambda m: console.print(m, highlight=False, markup=False), per_paper=per_paper)  # fmt: skip
+    console.print(f"Trained on {manifest['pairs']} pairs in {manifest['train_seconds']} s. Use it with:\n"
+                  f"  COVE_READER__PATH={target}", highlight=False, markup=False)  # fmt: skip
+
+
 # --- evaluation ------------------------------------------------------------------------------------------
 
 

@@ -140,16 +140,23 @@ class ComposeSettings:
     rank_limit: int = 8  # `quotes.rank_limit`: candidates per part considered, best first
     cover_share: float = 0.5  # `answer.generated_cover_share`
     repeat_share: float = 0.6  # `answer.generated_repeat_share`
+    # With a trained reader the evidence decides: no part found means no answer, whatever the model
+    # wrote (its sentences pass the word checks on passages that do not state the asked thing).
+    evidence_decides: bool = False
 
 
 def answer_candidates(part: Part, question: Question, pool: Pool, scorer: QuoteScorer, limit: int) -> list[Scored]:
     """The candidates the composer considers for a part, best first, with their features: the
-    scorer's top `limit`, and of a part about a named paper only that paper's. The one candidate path:
-    the fitter (`evals/fit_quotes.py`) reads its features from here too."""
-    ranked = scorer.rank(part, question, pool, limit=limit)
+    scorer's top `limit`, and of a part about a named paper only that paper's. With a trained reader
+    (`scorer.reader`), the scorer's top `reader.candidates` reranked by the reader. The one candidate
+    path: the fitter (`evals/fit_quotes.py`) reads its features from here too."""
+    reader = scorer.reader
+    ranked = scorer.rank(part, question, pool, limit=max(limit, reader.candidates) if reader else limit)
     if part.papers:  # a part about a named paper is answered from that paper
         ranked = [s for s in ranked if pool.evidence[s.candidate.n].doc_id in part.papers]
-    return ranked
+    if reader is not None and ranked:
+        ranked = reader.rerank(part.text, ranked, pool)
+    return ranked[:limit]
 
 
 def best_for_part(
@@ -193,7 +200,7 @@ def compose(
         if not c.supported
     ]  # fmt: skip
     found = [a for a in answers if a.found]
-    if not found and not supported:
+    if not found and (not supported or settings.evidence_decides):
         why = "; ".join(a.why_not for a in answers if a.why_not) or "no supported answer in the sources"
         return Composition(Mode.REFUSED, [], answers, corrections + [Correction(Change.REFUSED, reason=why)])
 

@@ -94,6 +94,7 @@ class Scored:
     candidate: Candidate
     score: float
     features: dict[str, float] = field(default_factory=dict)
+    reader: float | None = None  # the trained reader's calibrated probability, when it read this one
 
 
 @functools.cache
@@ -288,6 +289,7 @@ class QuoteScorer:
         self.gate = gate or default_gate()
         self.embed = embed
         self.prefilter = prefilter
+        self.reader = None  # a `cove.reader.rank.CalibratedReader`: it reranks and gates when set
         self._vectors: dict[str, np.ndarray] = {}
 
     def _vector_of(self, texts: list[str]) -> list[np.ndarray]:
@@ -322,18 +324,26 @@ class QuoteScorer:
         return ranked[:limit] if limit else ranked
 
     def confidence(self, scored: Scored) -> float:
-        """How likely the part is answered by this candidate at all (the fitted gate, 0 to 1)."""
+        """How likely the part is answered by this candidate at all (0 to 1): the reader's calibrated
+        probability where it read the candidate, else the fitted gate."""
+        if scored.reader is not None:
+            return scored.reader
         values = {**scored.features, "score": scored.score}
         z = self.gate.get("bias", 0.0) + sum(w * values.get(k, 0.0) for k, w in self.gate["weights"].items())
         return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
     def answers(self, scored: Scored, threshold: float | None = None) -> bool:
-        """Does the candidate clear the gate (`threshold` overrides the fitted one)?"""
+        """Does the candidate clear the gate (`threshold` overrides the fitted one)? With a reader,
+        its calibrated threshold decides (`reader.threshold` overrides that)."""
+        if self.reader is not None and scored.reader is not None:
+            return self.reader.answers(scored)
         return self.confidence(scored) >= (self.gate.get("threshold", 0.5) if threshold is None else threshold)
 
     def explain(self, scored: Scored) -> dict[str, float]:
         """Each feature's contribution to the score (weight x value), largest first."""
-        parts = {k: round(self.weights.get(k, 0.0) * v, 4) for k, v in scored.features.items() if v}
+        parts = {k: round(self.weights.get(k, 0.0) * v, 4) for k, v in scored.features.items() if v and k != "reader"}
+        if self.reader is not None and "reader" in scored.features:  # the trained reader's share of the ranking
+            parts["reader"] = round(self.reader.calibration.reader_weight * scored.features["reader"], 4)
         if self.weights.get("bias"):
             parts["bias"] = round(self.weights["bias"], 4)
         return dict(sorted(parts.items(), key=lambda kv: -abs(kv[1])))

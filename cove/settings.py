@@ -379,6 +379,27 @@ class QuoteSettings(BaseModel):
     max_pair_chars: int = Field(600, ge=100, description="Longest two-sentence quote, in characters.")
 
 
+class ReaderSettings(BaseModel):
+    """The reader that decides whether a candidate sentence states what a part asks (`cove.reader`)."""
+
+    kind: Literal["cross-encoder", "off"] = Field(
+        "cross-encoder",
+        description="'cross-encoder': the trained reader reranks each part's candidates and its calibrated "
+        "probability decides whether the part is answered; 'off': the quote scorer and its gate alone.",
+    )
+    path: str = Field(
+        "", description="Folder of a trained reader (`cove reader train --out`); empty = the one shipped with Cove."
+    )
+    candidates: int = Field(
+        16, ge=1, le=64, description="The quote scorer's best candidates per part that the reader reads."
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Least calibrated probability for a part to count as answered; unset = the "
+        "threshold fitted with the reader (its manifest's calibration).",
+    )
+    threads: int = Field(0, ge=0, description="torch threads for the reader (0: torch's default).")
+
+
 class StoreSettings(BaseModel):
     """Where chunks and the document catalog live."""
 
@@ -493,6 +514,7 @@ class CoveSettings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings, description="The chat model.")
     answer: AnswerSettings = Field(default_factory=AnswerSettings, description="Answering and checking.")
     quotes: QuoteSettings = Field(default_factory=QuoteSettings, description="Choosing quoted sentences.")
+    reader: ReaderSettings = Field(default_factory=ReaderSettings, description="The trained reader.")
     app: AppSettings = Field(default_factory=AppSettings, description="The web chat app.")
     api: ApiSettings = Field(default_factory=ApiSettings, description="The HTTP API and MCP server.")
     ingest: IngestSettings = Field(default_factory=IngestSettings, description="Paths the servers may read.")

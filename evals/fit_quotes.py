@@ -241,6 +241,7 @@ def main() -> None:
     split = Split.of(args.dataset)
     items = split.tuning
     settings = load_settings()
+    settings.reader.kind = "off"  # the features are fitted on the scorer's own ranking, not the reader's
     if args.corpus is not None:
         from evals.corpus import ingest_corpus
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from cove import text as tx
 from cove.checks import best_matching_sentence
-from cove.compose import Change, Composition, Correction, Mode, compose
+from cove.compose import Change, Composition, Correction, Mode, compose, not_found_line
 from cove.engine.context import AskContext
 from cove.engine.model import REFUSAL, Answer, Citation, Draft, Outcome, Retrieval, citation_url
 from cove.events import Composed, Stage
@@ -54,12 +54,34 @@ def fill(engine: AnswerEngine, answer: Answer, outcome: Outcome, first: Retrieva
                           "are (answer.max_parts)") for part in (question.dropped if question else [])]  # fmt: skip
     answer.corrections = [c.to_json() for c in dropped + composition.corrections]
     answer.parts = [p.to_json() for p in composition.parts]
-    if answer.refused:
+    answer.closest = closest_passages(composition, final)
+    if answer.refused and composition.parts:  # the evidence was read and does not state it
+        answer.answer = " ".join(not_found_line(p.part) for p in composition.parts)
+        if answer.closest:
+            shown = "; ".join(f"\u201c{c['quote']}\u201d ({c['title']} p.{c['page']})" for c in answer.closest)
+            answer.answer += f" Closest passages (not an answer): {shown}."
+        return
+    if answer.refused:  # nothing in the library is about it
         closest = ", ".join(f"{h.title or h.source} p.{h.page}" for h in first.hits[:3])
         answer.answer = REFUSAL + (f" Closest sources: {closest}." if closest else "")
         return
     answer.answer = composition.text()
     answer.citations = citations(engine, composition, final)
+
+
+def closest_passages(composition: Composition, retrieval: Retrieval, quote_chars: int = 240) -> list[dict]:
+    """For each part not found, its best candidate sentence and where it is: what the library says
+    nearest to the asked thing, for the reader to judge (labelled as such, never cited as the answer)."""
+    out = []
+    for part in composition.parts:
+        best = part.best
+        if part.found or best is None or best.candidate.n > len(retrieval.hits):
+            continue
+        hit = retrieval.hits[best.candidate.n - 1]
+        out.append({"part": part.part.text, "quote": tx.shorten(best.candidate.text, quote_chars),
+                    "title": hit.title or hit.source, "source": hit.source, "page": hit.page,
+                    "n": best.candidate.n})  # fmt: skip
+    return out
 
 
 def citations(engine: AnswerEngine, composition: Composition, retrieval: Retrieval) -> list[Citation]:

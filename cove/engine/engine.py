@@ -19,6 +19,7 @@ from cove.events import EventCallback
 from cove.llm import ChatModel, load_chat_model
 from cove.prompts import load_prompts
 from cove.quotes import QuoteScorer, default_weights
+from cove.reader.rank import CalibratedReader
 from cove.retrieve import Retriever
 from cove.settings import CoveSettings
 
@@ -34,6 +35,7 @@ class AnswerEngine:
         self.prompts = load_prompts(settings.answer.prompts_dir)
         weights = settings.quotes.weights or default_weights()
         self.scorer = QuoteScorer(weights, self.retriever.embedder.embed, settings.quotes.prefilter)
+        self.scorer.reader = CalibratedReader.from_settings(settings.reader)
         self.compose_settings = ComposeSettings(
             threshold=settings.quotes.threshold,
             max_generated_sentences=settings.answer.max_generated_sentences,
@@ -41,6 +43,7 @@ class AnswerEngine:
             rank_limit=settings.quotes.rank_limit,
             cover_share=settings.answer.generated_cover_share,
             repeat_share=settings.answer.generated_repeat_share,
+            evidence_decides=self.scorer.reader is not None and self.scorer.reader.gates,
         )
 
     @property

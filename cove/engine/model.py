@@ -52,6 +52,9 @@ class Answer:
     mode: str = "extractive"  # refused | extractive | quoted | generated
     query: str = ""  # the stand-alone retrieval query (differs for follow-ups)
     model: str = ""
+    # A part the evidence does not answer: the passages closest to it, offered beside "The library
+    # does not say ...", never as the answer (part, quote, title, source, page, n).
+    closest: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
