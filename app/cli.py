@@ -614,7 +614,7 @@ def train_reader_command(
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training pairs.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pair sampling, the shuffle and torch.")] = 22,
     model_questions: Annotated[
-        int, typer.Option("--model-questions", help="Sentences the chat model writes a question for (0: templates only).")
+        int, typer.Option("--model-questions", help="Sentences the chat model writes questions for (0: none).")
     ] = 0,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="A paper's file name to leave out.")] = None,
     per_paper: Annotated[int, typer.Option("--per-paper", help="Most questions made per paper.")] = 400,

@@ -188,7 +188,8 @@ def fit_calibration(cases: list[Case], logits: list[np.ndarray], max_false_refus
         if balanced > best:
             best, threshold = balanced, float(cut)
     return {"a": round(float(a), 5), "b": round(float(b), 5), "threshold": round(threshold, 4),
-            "cases": int(len(xs)), "balanced_accuracy": round(best, 4), "max_false_refusals": max_false_refusals}  # fmt: skip
+            "cases": int(len(xs)), "balanced_accuracy": round(best, 4),
+            "max_false_refusals": max_false_refusals}  # fmt: skip
 
 
 READER_WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -196,7 +197,7 @@ READER_WEIGHTS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 def combined(cases: list[Case], logits: list[np.ndarray], weight: float) -> list[np.ndarray]:
     """The runtime's ranking score: the quote scorer's score plus `weight` times the reader's logit."""
-    return [c.scorer + weight * l for c, l in zip(cases, logits, strict=True)]
+    return [c.scorer + weight * logit for c, logit in zip(cases, logits, strict=True)]
 
 
 def calibrate(cases: list[Case], logits: list[np.ndarray]) -> dict:
