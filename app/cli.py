@@ -630,7 +630,7 @@ def train_reader_command(
     manifest = retrain(AnswerEngine(settings), target, seed, epochs, model_questions, exclude or [],
                        log=lambda m: console.print(m, highlight=False, markup=False), per_paper=per_paper)  # fmt: skip
     console.print(f"Trained on {manifest['pairs']} pairs in {manifest['train_seconds']} s. Use it with:\n"
-                  f"  COVE_READER__PATH={target}", highlight=False, markup=False)  # fmt: skip
+                  f"  COVE_READER__PATH={target}", highlight=False, markup=False, soft_wrap=True)  # fmt: skip
 
 
 # --- evaluation ------------------------------------------------------------------------------------------

@@ -345,9 +345,13 @@ def compare_command(args) -> None:
         logits = case_logits(reader, cases)
         by_case = {id(c): s for c, s in zip(cases, logits, strict=True)}
         rows[name] = {g: top1(cs, [by_case[id(c)] for c in cs]) for g, cs in groups.items()}
+        weight = (getattr(reader, "manifest", {}).get("combination") or {}).get("reader_weight")
+        if weight:  # what the runtime ranks by: the scorer's score plus the fitted weight times the logit
+            mixed = {id(c): v for c, v in zip(cases, combined(cases, logits, weight), strict=True)}
+            rows[f"{name}+scorer"] = {g: top1(cs, [mixed[id(c)] for c in cs]) for g, cs in groups.items()}
     print("\nreader top-1 gold sentence per part (answerable parts with a gold candidate)")
     for name, row in rows.items():
-        print(f"  {name:8s} " + "  ".join(f"{g}: {v:.3f} (n={n})" for g, (v, n) in row.items()))
+        print(f"  {name:13s} " + "  ".join(f"{g}: {v:.3f} (n={n})" for g, (v, n) in row.items()))
     recall = [c.gold.any() for c in cases if c.answerable]
     print(f"  (a gold sentence among the {CASE_CANDIDATES} candidates: {np.mean(recall):.3f} of answerable parts)")
     if args.json:
