@@ -22,6 +22,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
     "answer": {"system": {"sources"}, "user": {"history", "question"}},
     "plan": {"user": {"max_questions"}},
     "verify": {"system": {"evidence"}, "user": {"question"}},
+    "question": {"system": set(), "user": {"sentence"}},
 }
 # Strings the engine looks for in a model's reply, declared next to the prompt that asks for them.
 MARKERS: dict[str, set[str]] = {"answer": {"not_stated"}, "verify": {"not_stated"}}
@@ -38,6 +39,7 @@ class Prompt:
     notes: str
     parts: dict[str, str]
     markers: dict[str, str] = field(default_factory=dict)
+    examples: tuple[dict[str, str], ...] = ()  # worked examples a few-shot prompt shows (its `[[examples]]`)
 
     def render(self, part: str, **values: object) -> str:
         return self.parts[part].format(**values)
@@ -73,7 +75,11 @@ def load_prompt(path: Path | Traversable, expected: dict[str, set[str]], markers
     if missing:
         raise PromptError(f"{path}: missing the reply marker(s) {', '.join(missing)} the engine parses")
     found = {m: data[m] for m in markers}
-    return Prompt(str(data["id"]), int(data["version"]), str(data.get("notes", "")), parts, found)
+    examples = data.get("examples", [])
+    if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
+        raise PromptError(f"{path}: 'examples' must be a list of tables")
+    shown = tuple({str(k): str(v) for k, v in e.items()} for e in examples)
+    return Prompt(str(data["id"]), int(data["version"]), str(data.get("notes", "")), parts, found, shown)
 
 
 @dataclass(frozen=True)
@@ -87,13 +93,15 @@ class PromptSet:
         return {i: self.prompts[i].version for i in (ids or self.prompts)}
 
 
+def load_prompt_file(prompt_id: str, directory: Path | None = None) -> Prompt:
+    """One template by id, from `directory` (default: the templates shipped with Cove)."""
+    directory = Path(directory) if directory else resources.files(DEFAULT_PACKAGE)
+    prompt = load_prompt(directory / f"{prompt_id}.toml", EXPECTED[prompt_id], MARKERS.get(prompt_id, set()))
+    if prompt.id != prompt_id:
+        raise PromptError(f"{directory / (prompt_id + '.toml')}: id is '{prompt.id}', expected '{prompt_id}'")
+    return prompt
+
+
 def load_prompts(directory: Path | None = None) -> PromptSet:
     """All templates the engine needs, from `directory` (default: the templates shipped with Cove)."""
-    directory = Path(directory) if directory else resources.files(DEFAULT_PACKAGE)
-    prompts = {}
-    for prompt_id, expected in EXPECTED.items():
-        prompt = load_prompt(directory / f"{prompt_id}.toml", expected, MARKERS.get(prompt_id, set()))
-        if prompt.id != prompt_id:
-            raise PromptError(f"{directory / (prompt_id + '.toml')}: id is '{prompt.id}', expected '{prompt_id}'")
-        prompts[prompt_id] = prompt
-    return PromptSet(prompts)
+    return PromptSet({prompt_id: load_prompt_file(prompt_id, directory) for prompt_id in EXPECTED})

@@ -255,52 +255,73 @@ class Retriever:
 
         weights = [cfg.dense_weight, cfg.lexical_weight] if mode == "hybrid" else [1.0] * len(rankings)
         named = self.named_documents(query) if mode == "hybrid" else set()
+        own: dict[str, list[str]] = {}  # each named paper's chunks, ranked for what is asked of it
         if named and len(named) <= MAX_NAMED_RANKINGS:
-            # The question names papers ("GPT-1 and LLaMA"): rank each named paper's chunks on their
-            # own as well, so every paper it names competes with chunks that merely share words.
+            # The question names papers ("GPT-1 and LLaMA"): search each named paper on its own, for
+            # what the question asks of it, so every paper it names competes with chunks that merely
+            # share words, and a comparison finds both sides.
+            asked_of = papers_asked(query, named, self._names) if len(named) > 1 else {}
             for doc_id in sorted(named):
+                asked = asked_of.get(doc_id, query)
+                vector = query_vector if asked == query else np.asarray(self.embedder.embed([asked])[0], np.float32)
                 dense_named = self.store.query(
-                    query_vector.tolist(), cfg.candidates, where={"doc_id": doc_id}, with_embeddings=True
+                    vector.tolist(), cfg.candidates, where={"doc_id": doc_id}, with_embeddings=True
                 )
                 for chunk in dense_named:
                     if chunk.id not in hits:
                         hits[chunk.id] = Hit(chunk.id, chunk.text, chunk.metadata, chunk.score, vector=chunk.embedding)
-                lexical_named = [h.id for h in self._lexical.search(query, cfg.candidates, {doc_id})]
+                lexical_named = [h.id for h in self._lexical.search(asked, cfg.candidates, {doc_id})]
                 self._add_missing(hits, lexical_named, query_vector)
-                rankings += [[c.id for c in dense_named], [i for i in lexical_named if i in hits]]
+                pair = [[c.id for c in dense_named], [i for i in lexical_named if i in hits]]
+                rankings += pair
                 weights += [cfg.dense_weight, cfg.lexical_weight]
+                if doc_id in asked_of:
+                    fused_own = rrf_fuse(pair, cfg.rrf_k, [cfg.dense_weight, cfg.lexical_weight])
+                    own[doc_id] = sorted(fused_own, key=fused_own.get, reverse=True)
         for item, score in rrf_fuse(rankings, cfg.rrf_k, weights).items():
             hits[item].fused = score
         ranked = sorted(hits.values(), key=lambda h: h.fused, reverse=True)
         ranked = drop_near_duplicates(ranked)
         chosen = mmr_select(ranked[: cfg.candidates], k, cfg.mmr_lambda)
-        chosen = each_named_paper(chosen, ranked, named, k)
+        chosen = each_named_paper(chosen, {d: [hits[i] for i in ids] for d, ids in own.items()}, k)
         for rank, hit in enumerate(chosen, start=1):
             hit.rank = rank
         return RetrievalResult(query, chosen, time.perf_counter() - started, len(hits), named)
 
 
-def each_named_paper(chosen: list[Hit], ranked: list[Hit], named: set[str], k: int) -> list[Hit]:
-    """A question that names several papers gets a passage of each: the best-ranked passage of a
-    named paper missing from `chosen` replaces the last passage of the paper with the most of them."""
-    if len(named) < 2 or len(named) > k:
+def each_named_paper(chosen: list[Hit], own: dict[str, list[Hit]], k: int) -> list[Hit]:
+    """A question that names several papers gets each paper's best passages from its own search
+    (`own`: doc id -> its chunks ranked for what is asked of it): `k // papers` of them, at most 2
+    and at least 1. A missing one replaces the last chosen passage of an unnamed paper, else of the
+    named paper with the most passages beyond its share."""
+    if len(own) < 2 or len(own) > k:
         return chosen
+    share = max(1, min(2, k // len(own)))
     chosen = list(chosen)
-    for doc_id in sorted(named):
-        if any(h.doc_id == doc_id for h in chosen):
-            continue
-        best = next((h for h in ranked if h.doc_id == doc_id), None)
-        if best is None:
-            continue
-        counts: dict[str, int] = {}
-        for h in chosen:
-            counts[h.doc_id] = counts.get(h.doc_id, 0) + 1
-        crowded = max(counts, key=counts.get)
-        if counts[crowded] < 2:
-            break
-        drop = max(i for i, h in enumerate(chosen) if h.doc_id == crowded)
-        chosen[drop] = best
+    for doc_id in sorted(own):
+        for best in own[doc_id][:share]:
+            if any(h.id == best.id for h in chosen):
+                continue
+            drop = _replaceable(chosen, own, share)
+            if drop is None:
+                break
+            chosen[drop] = best
     return chosen
+
+
+def _replaceable(chosen: list[Hit], own: dict[str, list[Hit]], share: int) -> int | None:
+    """The index of the passage to give up: the last of an unnamed paper, else the last of the named
+    paper holding the most passages beyond its share."""
+    unnamed = [i for i, h in enumerate(chosen) if h.doc_id not in own]
+    if unnamed:
+        return unnamed[-1]
+    counts: dict[str, int] = {}
+    for h in chosen:
+        counts[h.doc_id] = counts.get(h.doc_id, 0) + 1
+    crowded = max(counts, key=counts.get)
+    if counts[crowded] <= share:
+        return None
+    return max(i for i, h in enumerate(chosen) if h.doc_id == crowded)
 
 
 _TITLE_WORD = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -308,28 +329,94 @@ _TITLE_WORD = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 def title_phrases(title: str) -> set[str]:
     """Pairs of consecutive content words of a title, folded: 'Transformer Feed-Forward Layers Are
-    Key-Value Memories' -> {'transformer feed-forward', 'feed-forward layers', 'key-value memories'}."""
+    Key-Value Memories' -> {'transformer feed-forward', 'feed-forward layers', 'key-value memories'}.
+    A run of capitalised words is also called by its acronym, beside its neighbouring word in either
+    order: 'A Comprehensive Overview of Large Language Models' -> 'overview llm', 'llm overview'."""
     from cove.aliases import title_without_alias
 
-    found = _TITLE_WORD.findall(tx.fold(title_without_alias(title)))
+    plain = title_without_alias(title)
+    found = _TITLE_WORD.findall(tx.fold(plain))
     stop = set(tx.STOP_WORDS)
-    return {f"{a} {b}" for a, b in zip(found, found[1:], strict=False) if a not in stop and b not in stop}
+    phrases = {f"{a} {b}" for a, b in zip(found, found[1:], strict=False) if a not in stop and b not in stop}
+    words = re.findall(r"[A-Za-z][\w-]*", plain)
+    for start, end in _capital_runs(words, stop):
+        acronym = "".join(w[0] for w in words[start:end]).lower()
+        before = [w for w in words[:start] if w.lower() not in stop][-1:]
+        after = [w for w in words[end:] if w.lower() not in stop][:1]
+        for word in map(tx.fold, before + after):
+            phrases |= {f"{word} {acronym}", f"{acronym} {word}"}
+    return phrases
 
 
-def match_names(query: str, names: dict[str, set[str]]) -> set[str]:
-    """Documents whose names occur in the query. A name inside a longer matched name of another
-    document does not count ("transformer" inside "transformer feed-forward layers")."""
+def _capital_runs(words: list[str], stop: set[str]) -> list[tuple[int, int]]:
+    """[start, end) of the runs of 3 or 4 capitalised plain words between stop words or the title's
+    ends ("of Large Language Models"): the runs an acronym stands for."""
+    runs, start = [], None
+    for i, word in enumerate([*words, ""]):
+        capital = word[:1].isupper() and word[1:].islower() and "-" not in word and word.lower() not in stop
+        if capital and start is None:
+            start = i
+        elif not capital and start is not None:
+            if 3 <= i - start <= 4:
+                runs.append((start, i))
+            start = None
+    return runs
+
+
+_MODEL_SIZE = r"(?:[- ]\d+(?:\.\d+)?[bmk])?"  # "LLaMA-65B", "LLaMA 7B": the family's name with a size
+
+
+def name_spans(query: str, names: dict[str, set[str]]) -> tuple[str, list[tuple[int, int, set[str]]]]:
+    """The query as names are compared (`tx.name_key`) and where documents' names occur in it. A
+    name inside a longer matched name of another document does not count ("transformer" inside
+    "transformer feed-forward layers")."""
     folded = tx.name_key(query)
     spans: list[tuple[int, int, set[str]]] = []
     for key, docs in names.items():
-        for match in re.finditer(rf"(?<![\w-]){re.escape(key)}s?(?![\w-])", folded):
+        for match in re.finditer(rf"(?<![\w-]){re.escape(key)}s?{_MODEL_SIZE}(?![\w-])", folded):
             spans.append((match.start(), match.end(), docs))
-    found: set[str] = set()
-    for start, end, docs in spans:
-        inside_longer = any(s <= start and end <= e and (e - s) > (end - start) and d != docs for s, e, d in spans)
-        if not inside_longer:
-            found |= docs
-    return found
+    kept = [
+        (start, end, docs)
+        for start, end, docs in spans
+        if not any(s <= start and end <= e and (e - s) > (end - start) and d != docs for s, e, d in spans)
+    ]
+    return folded, kept
+
+
+def match_names(query: str, names: dict[str, set[str]]) -> set[str]:
+    """Documents whose names occur in the query."""
+    return {doc for _, _, docs in name_spans(query, names)[1] for doc in docs}
+
+
+_CLAUSE_BREAK = re.compile(r",\s*(?:and|while|whereas|but)\s+|;\s*|\s+(?:compared with|compared to|versus|vs\.?)\s+")
+
+
+def papers_asked(query: str, named: set[str], names: dict[str, set[str]]) -> dict[str, str]:
+    """What `query` asks of each paper it compares, to search that paper alone with: the clause
+    naming it when the question is one clause per paper ("Which BERT layers did the probing paper
+    prune, and which BERT sizes did LoRA adapt?"), else the question without the other papers' names
+    ("Which tokenizer do T5 [and BART] share?"). A paper named in every clause of such a question is
+    its topic (BERT above), not a side of the comparison: it is left out."""
+    folded, spans = name_spans(query, names)
+    clauses, start = [], 0
+    for cut in [*_CLAUSE_BREAK.finditer(folded), None]:
+        end = cut.start() if cut else len(folded)
+        clauses.append((start, end))
+        start = cut.end() if cut else end
+    in_clause = [{d for s, e, docs in spans if c0 <= s and e <= c1 for d in docs} for c0, c1 in clauses]
+    topic = set.intersection(*in_clause) if len(clauses) > 1 else set()
+    asked = {}
+    for doc_id in sorted(named - topic):
+        own = [c for c, docs in zip(clauses, in_clause, strict=True) if doc_id in docs and not docs - topic - {doc_id}]
+        if len(clauses) > 1 and len(own) == 1:
+            c0, c1 = own[0]
+            asked[doc_id] = folded[c0:c1].strip(" ,;?") + "?"
+            continue
+        text = folded
+        for s, e in sorted(((s, e) for s, e, docs in spans if doc_id not in docs), reverse=True):
+            text = text[:s] + text[e:]
+        asked[doc_id] = re.sub(r"\s+", " ", text).strip()
+    return asked
 
 
 # --- follow-up questions --------------------------------------------------------------------------

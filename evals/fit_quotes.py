@@ -24,6 +24,7 @@ import argparse
 import datetime
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +51,20 @@ class Group:
     primary: bool = True  # from the question's own retrieval (not a verification search)
 
 
+_TABLE_ROW = re.compile(r"^(?:Table|TABLE)\s+[\w.]+(?: \(.*?\))?: (?=.*\|)")
+
+
 def is_gold(candidate: str, quotes: list[str]) -> bool:
     """Does the candidate contain an evidence quote (or at least 60% of its words, in a sentence
-    that is mostly made of them)?"""
+    that is mostly made of them)? A table row counts by its cells alone (without the table's label
+    and header that the runtime quotes it with): it is gold when the quote holds the whole row."""
     text = tx.match_form(candidate)
     words = tx.words(text)
+    row = _TABLE_ROW.sub("", candidate, count=1) if _TABLE_ROW.match(candidate) else ""
+    cells = tx.match_form(row.replace(" | ", " ")) if row else ""
     for quote in quotes:
         q = tx.match_form(quote)
-        if q and (q in text or (len(text) > 20 and text in q)):
+        if q and (q in text or (len(text) > 20 and text in q) or (len(cells) > 10 and cells in q)):
             return True
         q_words = tx.words(q)
         if q_words and len(q_words & words) >= 0.6 * len(q_words) and len(q_words & words) >= 0.5 * len(words):

@@ -36,7 +36,7 @@ from cove import text as tx
 from cove.engine import AnswerEngine
 from cove.engine.candidates import candidate_pools
 from cove.quotes import missing_qualifiers
-from cove.reader.pairs import Pair, reader_text
+from cove.reader.pairs import Group, reader_text
 from cove.settings import load_settings
 from evals.dataset import EvalItem
 from evals.fit_quotes import is_gold
@@ -94,21 +94,24 @@ def collect_cases(engine: AnswerEngine, items: list[EvalItem], limit: int = CASE
     return cases
 
 
-def dev_pairs(cases: list[Case], negatives: int = 6) -> list[Pair]:
-    """Pairs from cases: a part's gold candidates positive, its other candidates negative; every
-    candidate of an unanswerable item's part negative. Answerable parts with no gold candidate are
-    skipped (their labels are unknown)."""
-    pairs = []
+def dev_groups(cases: list[Case], negatives: int = 11) -> list[Group]:
+    """Groups from cases: a part's gold candidates positive, its first `negatives` others (in the
+    quote scorer's order: the hardest) negative; an unanswerable item's part is a group with no
+    positive. Answerable parts with no gold candidate are skipped (their labels are unknown)."""
+    groups = []
     for case in cases:
         if case.answerable and not case.gold.any():
             continue
-        kept = 0
+        texts, labels, kept = [], [], 0
         for text, gold in zip(case.texts, case.gold, strict=True):
             if not gold and kept >= negatives:
                 continue
             kept += not gold
-            pairs.append(Pair(case.question, text, float(gold), case.papers[0] if case.papers else "", "dev"))
-    return pairs
+            texts.append(text)
+            labels.append(float(gold))
+        origin = "dev" if case.answerable else "dev:unanswerable"
+        groups.append(Group(case.question, texts, labels, case.papers[0] if case.papers else "", origin))
+    return groups
 
 
 def folds(items: list[EvalItem], seed: int = 22, calibration_share: float = 1 / 3) -> tuple[list, list]:
@@ -254,7 +257,7 @@ def _cases(engine, items, cache: Path | None, name: str) -> list[Case]:
 
 def train_command(args) -> None:
     from cove.reader.cross import PACKAGED, CrossReader
-    from cove.reader.train import library_training_pairs, train_reader
+    from cove.reader.train import train_reader
 
     split = Split.of(args.dataset)
     held_papers = set(heldout_papers(args.dataset))
@@ -266,10 +269,10 @@ def train_command(args) -> None:
     engine = AnswerEngine(settings)
     usable = [i for i in split.tuning if not set(i.sources) & held_papers]
     train_items, calibration_items = folds(usable, args.seed)
-    library = library_training_pairs(engine, held_papers, args.model_questions, args.seed)
-    dev = dev_pairs(_cases(engine, train_items, args.cache, "train-fold"))
-    pairs = library + dev * args.dev_repeat
-    print(f"pairs: {len(library)} from the library, {len(dev)} from {len(train_items)} dev items (x{args.dev_repeat})")
+    library = _library_groups(engine, held_papers, args)
+    dev = dev_groups(_cases(engine, train_items, args.cache, "train-fold"))
+    groups = library + dev * args.dev_repeat
+    print(f"groups: {len(library)} from the library, {len(dev)} from {len(train_items)} dev items (x{args.dev_repeat})")
     record = {
         "fitted_on": {
             **split.record(),
@@ -278,10 +281,11 @@ def train_command(args) -> None:
             "calibration_fold": sorted(i.id for i in calibration_items),
             "fold_seed": args.seed,
             "model_questions": args.model_questions,
+            "dev_repeat": args.dev_repeat,
             "date": datetime.date.today().isoformat(),
         }
     }
-    manifest = train_reader(pairs, args.out, seed=args.seed, epochs=args.epochs, record=record)
+    manifest = train_reader(groups, args.out, seed=args.seed, epochs=args.epochs, lr=args.lr, record=record)
     reader = CrossReader(args.out)
     calibration_cases = _cases(engine, calibration_items, args.cache, "calibration-fold")
     manifest |= calibrate(calibration_cases, case_logits(reader, calibration_cases))
@@ -289,6 +293,24 @@ def train_command(args) -> None:
     print(json.dumps({k: manifest[k] for k in ("combination", "calibration")}, indent=2))
     if Path(args.out).resolve() != PACKAGED.resolve():
         print(f"(not the shipped reader: {PACKAGED})")
+
+
+def _library_groups(engine, held_papers: set[str], args) -> list[Group]:
+    """The library's groups (papers held out left out), cached by their arguments: the model's
+    questions take a while and are the same for the same seed and count."""
+    from cove.reader.train import library_training_groups
+
+    key = (engine.retriever.store.generation(), sorted(held_papers), args.model_questions, args.seed, args.per_paper)
+    path = args.cache / "library-groups.pkl" if args.cache else None
+    if path and path.exists():
+        data = pickle.loads(path.read_bytes())
+        if data.get("key") == key:
+            return [Group(**row) for row in data["groups"]]
+    groups = library_training_groups(engine, held_papers, args.model_questions, args.seed, per_paper=args.per_paper)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps({"key": key, "groups": [vars(g) for g in groups]}))
+    return groups
 
 
 def calibrate_command(args) -> None:
@@ -367,7 +389,9 @@ def main() -> None:
     train.add_argument(
         "--model-questions", type=int, default=200, help="sentences the local model writes a question for"
     )
-    train.add_argument("--dev-repeat", type=int, default=2, help="how many times the dev pairs count")
+    train.add_argument("--dev-repeat", type=int, default=2, help="how many times the dev groups count")
+    train.add_argument("--lr", type=float, default=4e-5, help="peak learning rate")
+    train.add_argument("--per-paper", type=int, default=600, help="most template questions per paper")
     recal = sub.add_parser("calibrate", help="refit a trained reader's weight and calibration")
     recal.add_argument("--reader", type=Path, required=True)
     compare = sub.add_parser("compare", help="reader top-1 per part on the held-out items")

@@ -77,6 +77,7 @@ class Evaluator:
             "variant": variant.name,
             "pipeline": variant.pipeline,
             "type": item.type,
+            "papers": len(set(item.sources)),  # 2: a two-source item (both papers must be found)
             "question": item.question,
             "reference": item.answer,
         }

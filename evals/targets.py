@@ -17,6 +17,8 @@ import numpy as np
 from evals.dataset import ITEM_TYPES
 from evals.metrics import summarize
 
+TWO_SOURCE = "two-source"  # not an item type: the items whose answer needs two papers
+
 
 @dataclass(frozen=True)
 class Target:
@@ -54,6 +56,12 @@ TARGETS: tuple[Target, ...] = (
     Target("share of CoVe answers identical to single-shot's", 15, "identical_share", "<=", 0.4999),
     Target("CoVe p50 wall time / single-shot", 15, "ratio:latency_p50_s", "<=", 2.0),
     Target("CoVe prefill tokens / single-shot", 15, "ratio:prefill_tokens_mean", "<=", 1.6),
+    Target("CoVe correctness (reader)", 22, "correctness", ">=", 0.55, "cove"),
+    Target("CoVe ahead of single-shot", 22, "delta:all", ">=", 0.05),
+    Target("CoVe refusal accuracy", 22, "refusal_accuracy", ">=", 0.85, "cove"),
+    Target("CoVe false refusals", 22, "answerable_refused", "<=", 0.08, "cove"),
+    Target("CoVe citation precision (reader)", 22, "citation_precision", ">=", 0.80, "cove"),
+    Target("two-source items: CoVe page recall@5", 22, "recall_at_k", ">=", 0.85, "cove", TWO_SOURCE),
 )
 
 
@@ -93,9 +101,9 @@ def judge(rows: list[dict[str, Any]], heldout: set[str]) -> list[dict[str, Any]]
     held = [r for r in rows if r["item_id"] in heldout]
     cove, base = _pipeline_rows(held, "cove"), _pipeline_rows(held, "baseline")
     summaries = {
-        (p, t): summarize(scored([r for r in rs if not t or r["type"] == t]))
+        (p, t): summarize(scored([r for r in rs if _in_group(r, t)]))
         for p, rs in (("cove", cove), ("baseline", base))
-        for t in ("", *ITEM_TYPES)
+        for t in ("", *ITEM_TYPES, TWO_SOURCE)
     }
     out = []
     for target in TARGETS:
@@ -109,9 +117,17 @@ def judge(rows: list[dict[str, Any]], heldout: set[str]) -> list[dict[str, Any]]
     return out
 
 
+def _in_group(row: dict, group: str) -> bool:
+    if group == TWO_SOURCE:
+        return row.get("papers", 1) > 1
+    return not group or row["type"] == group
+
+
 def _measure(target: Target, summaries: dict, cove: list[dict], base: list[dict]) -> float | None:
     if target.metric.startswith("delta:"):
         kind = target.metric.split(":", 1)[1]
+        if kind == "all":
+            return _delta(summaries, "")
         deltas = {t: _delta(summaries, t) for t in ITEM_TYPES if t != "unanswerable"}
         deltas["unanswerable"] = _delta(summaries, "unanswerable", "refusal_accuracy")
         if kind == "worst-type":

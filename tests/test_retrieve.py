@@ -85,3 +85,21 @@ def test_an_index_built_by_an_older_tokenizer_is_rebuilt(small_library, tmp_path
         assert ("1706.03762.pdf", 7) in pages(rebuilt.search("beta values of the optimizer", mode="lexical"))
     finally:
         rebuilt.close()
+
+
+def test_a_comparison_searches_each_paper_for_what_is_asked_of_it(retriever):
+    from cove.retrieve import papers_asked, title_phrases
+
+    assert {"llm overview", "overview llm"} <= title_phrases("A Comprehensive Overview of Large Language Models")
+    names = {"gpt2": {"gpt2"}, "ioi": {"ioi"}, "flashattention": {"flash"}, "llama": {"llama"}, "gpt1": {"gpt1"}}
+    asked = papers_asked("Which size of GPT-2 did the IOI paper study, and which GPT-2 sizes did FlashAttention train?",
+                         {"gpt2", "ioi", "flash"}, names)  # fmt: skip
+    assert asked == {"ioi": "which size of gpt2 did the ioi paper study?",
+                     "flash": "which gpt2 sizes did flashattention train?"}  # GPT-2 is the topic, not a side
+    asked = papers_asked("How did GPT-1 and LLaMA-65B score on RACE-high?", {"gpt1", "llama"}, names)
+    assert asked == {"gpt1": "how did gpt1 and score on race-high?",
+                     "llama": "how did and llama-65b score on race-high?"}  # fmt: skip
+    # On the real library: a two-paper question gets passages of both papers, each from its own search.
+    result = retriever.search("How many attention heads does the Transformer use, and what rank r does LoRA use?")
+    assert {h.doc_id for h in result.hits} >= {"arxiv-1706.03762", "arxiv-2106.09685"}
+    assert sum(h.doc_id == "arxiv-2106.09685" for h in result.hits) >= 2
