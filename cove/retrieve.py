@@ -291,12 +291,13 @@ class Retriever:
 
 def each_named_paper(chosen: list[Hit], own: dict[str, list[Hit]], k: int) -> list[Hit]:
     """A question that names several papers gets each paper's best passages from its own search
-    (`own`: doc id -> its chunks ranked for what is asked of it): `k // papers` of them, at most 2
-    and at least 1. A missing one replaces the last chosen passage of an unnamed paper, else of the
-    named paper with the most passages beyond its share."""
+    (`own`: doc id -> its chunks ranked for what is asked of it): its best one (a second each gained
+    nothing on the tuning items and crowds out the paper asked about when a note's title is "named").
+    A missing one replaces the last chosen passage of an unnamed paper, else of the named paper with
+    the most passages beyond its share."""
     if len(own) < 2 or len(own) > k:
         return chosen
-    share = max(1, min(2, k // len(own)))
+    share = 1  # passages guaranteed per compared paper
     chosen = list(chosen)
     for doc_id in sorted(own):
         for best in own[doc_id][:share]:
@@ -413,7 +414,10 @@ def papers_asked(query: str, named: set[str], names: dict[str, set[str]]) -> dic
             asked[doc_id] = folded[c0:c1].strip(" ,;?") + "?"
             continue
         text = folded
-        for s, e in sorted(((s, e) for s, e, docs in spans if doc_id not in docs), reverse=True):
+        # Only the others' one-word names go ("GPT-2", "LoRA"): a phrase of a title ("attention
+        # heads") may be the very thing asked.
+        names_only = [(s, e) for s, e, docs in spans if doc_id not in docs and " " not in folded[s:e]]
+        for s, e in sorted(names_only, reverse=True):
             text = text[:s] + text[e:]
         asked[doc_id] = re.sub(r"\s+", " ", text).strip()
     return asked

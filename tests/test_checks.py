@@ -80,7 +80,7 @@ def test_contradiction_is_a_different_number_for_the_same_thing():
 
 def test_prompt_loader_checks_variables_and_reply_markers(tmp_path):
     prompts = load_prompts()
-    assert set(prompts.versions()) == {"answer", "plan", "verify"}
+    assert set(prompts.versions()) == {"answer", "plan", "verify", "question"}
     assert prompts["verify"].marker("not_stated") == "Not stated."
     bad = tmp_path / "answer.toml"
     bad.write_text('id = "answer"\nversion = 1\nsystem = "Sources: {sourcez}"\nuser = "{question}{history}"\n')

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cove.reader.cross import CONFIG, MANIFEST, WEIGHTS, dequantize, quantize
+from cove.reader.cross import CONFIG, MANIFEST, WEIGHTS, bf16_available, dequantize, quantize
 from cove.reader.pairs import Group, Pair, Sentence, library_groups, library_sentences, model_questions
 
 if TYPE_CHECKING:
@@ -115,14 +115,6 @@ def _split(groups: list[Group], seed: int, share: float) -> tuple[list[Group], l
     rng = random.Random(seed)
     held = set(rng.sample(questions, int(len(questions) * share)))
     return [g for g in groups if g.question not in held], [g for g in groups if g.question in held]
-
-
-def bf16_available() -> bool:
-    """Does this CPU run bfloat16 matrix products natively (AVX-512 BF16)? There, autocast halves
-    training time; elsewhere it would emulate them and be slower, so training stays float32."""
-    from cove.cpu import read_machine
-
-    return "avx512_bf16" in read_machine(probe=False).flags
 
 
 def group_loss(logits, labels, sizes):
