@@ -1,7 +1,7 @@
 """Retrieval at scale: a synthetic library of 100k / 1M chunks in Chroma, searched the way Cove does.
 
     python benchmarks/scale_bench.py [--sizes 100000 1000000] [--store embedded|server] [--seed-home DIR]
-                                     [--queries 40] [--json out.json]
+                                     [--lexical embedded|postgres] [--queries 40] [--json out.json]
 
 The synthetic chunks are built from a real library (the seed: the corpus, ingested first unless
 --seed-home points at one): each text is sentences drawn from real chunks (so BM25 sees real term
@@ -13,7 +13,11 @@ For each size it reports, against the seed library measured in the same run as t
 - index size on disk (Chroma, and the BM25 copy every Cove home keeps),
 - the BM25 rebuild a reader does after any change (read all chunks back + tokenize + index),
 - hybrid query p50/p95 (embedding the question, Chroma top-30, BM25 top-30, fusion, MMR), and the
-  dense and lexical sides alone; peak memory of the process.
+  dense and lexical sides alone, measured in a fresh child process (a Cove process that opens the
+  home), with that process's peak memory: with `--lexical postgres` the BM25 side runs in PostgreSQL
+  (`scripts/postgres.sh`) and the process holds no copy of it;
+- page recall@5 of benchmarks/retrieval_questions.jsonl: the seed library's real chunks are written
+  first, so the synthetic ones are distractors around them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cove.lexical import lexical_dir, sync_lexical_index  # noqa: E402
 from cove.settings import load_settings  # noqa: E402
@@ -47,6 +52,15 @@ BATCH = 5000
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def own_peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM: reset at exec, unlike ru_maxrss, which a spawned child
+    inherits from its parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return peak_rss_mb()
 
 
 def dir_mb(path: Path) -> float:
@@ -81,6 +95,13 @@ def load_seed(home: Path):
     return settings, np.asarray(got["embeddings"], dtype=np.float32), sentences
 
 
+def seed_settings_chunks(settings) -> dict:
+    """The seed library's own chunks (texts, vectors, metadata) to write into a synthetic library."""
+    got = ChunkStore(settings).collection.get(include=["documents", "embeddings", "metadatas"])
+    return {"ids": got["ids"], "documents": got["documents"], "embeddings": got["embeddings"],
+            "metadatas": got["metadatas"]}  # fmt: skip
+
+
 def synthetic_batch(start: int, count: int, vectors, sentences, rng: random.Random):
     """Chunks start..start+count: real sentences, mixed real vectors (deterministic per seed)."""
     import numpy as np
@@ -111,7 +132,37 @@ def questions(limit: int) -> list[str]:
     return [r["question"] for r in rows][:limit]
 
 
-def time_queries(settings, qs: list[str]) -> dict:
+def page_recall(retriever, k: int = 5) -> float:
+    """Page recall@k of the benchmark questions, as benchmarks/ingest_bench.py counts it."""
+    from ingest_bench import QUESTIONS, load_questions, recall_at_k
+
+    pages = lambda q: [(h.source, h.page) for h in retriever.search(q, k=k).hits]  # noqa: E731
+    return round(recall_at_k(load_questions(QUESTIONS), pages), 3)
+
+
+def _child_queries(settings_json: str, qs: list[str], out) -> None:
+    """In a fresh process: the queries' timings, the recall and this process's peak RSS."""
+    from cove.settings import CoveSettings
+
+    settings = CoveSettings.model_validate_json(settings_json)
+    result = time_queries(settings, qs, recall=True)
+    result["process_peak_rss_mb"] = round(own_peak_rss_mb())
+    out.put(result)
+
+
+def queries_in_child(settings, qs: list[str]) -> dict:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_queries, args=(settings.model_dump_json(), qs, out))
+    child.start()
+    result = out.get()
+    child.join()
+    return result
+
+
+def time_queries(settings, qs: list[str], recall: bool = False) -> dict:
     from cove.retrieve import Retriever
 
     retriever = Retriever(settings)
@@ -127,6 +178,8 @@ def time_queries(settings, qs: list[str]) -> dict:
             seconds.append(time.perf_counter() - t0)
         result[mode] = {"p50_ms": round(1000 * statistics.median(seconds), 1),
                         "p95_ms": round(1000 * percentile(seconds, 0.95), 1)}  # fmt: skip
+    if recall:
+        result["page_recall_at_5"] = page_recall(retriever)
     retriever.close()
     return result
 
@@ -141,10 +194,18 @@ def run_size(size: int, args, seed) -> dict:
 
         server = ChromaServer(home / "chroma-server", log=home / "chroma.log").start()
         store_cfg = {"chroma_url": server.url, "timeout_s": 600}
-    settings = load_settings({"home": str(home), "store": store_cfg})
+    postgres, lexical_cfg = None, {}
+    if args.lexical == "postgres":
+        from servers import PostgresServer
+
+        postgres = PostgresServer().start()
+        lexical_cfg = {"postgres_url": postgres.url}
+    settings = load_settings({"home": str(home), "store": store_cfg, "lexical": lexical_cfg})
     store = ChunkStore(settings)
     rng = random.Random(size)
-    print(f"\n== {size:,} chunks ({args.store} Chroma) ==", flush=True)
+    print(f"\n== {size:,} chunks ({args.store} Chroma, {args.lexical} lexical index) ==", flush=True)
+    real = seed_settings_chunks(seed_settings)
+    store.collection.upsert(**real)  # the real chunks the recall questions are about, among the synthetic
     stages, written, t_all = [], 0, time.perf_counter()
     step = max(size // 5, BATCH)
     t_stage = time.perf_counter()
@@ -175,16 +236,19 @@ def run_size(size: int, args, seed) -> dict:
         "ingest_s": round(ingest_s, 1),
         "ingest_chunks_per_s": round(size / ingest_s),
         "ingest_stages": stages,
+        "lexical": args.lexical,
         "chroma_disk_mb": round(dir_mb(chroma_path)),
-        "bm25_disk_mb": round(dir_mb(lexical_dir(settings))),
+        "bm25_disk_mb": round(dir_mb(lexical_dir(settings)) if not postgres else dir_mb(postgres.data)),
         "read_all_chunks_s": round(read_s, 1),
         "bm25_rebuild_s": round(bm25_s, 1),  # includes reading every chunk back
-        "queries": time_queries(settings, questions(args.queries)),
-        "peak_rss_mb": round(peak_rss_mb()),
+        "queries": queries_in_child(settings, questions(args.queries)),
+        "peak_rss_mb": round(peak_rss_mb()),  # this (writing) process
     }
     print(json.dumps(result, indent=2), flush=True)
     if server:
         server.stop()
+    if postgres:
+        postgres.remove()
     if not args.keep:
         shutil.rmtree(home, ignore_errors=True)
     return result
@@ -194,6 +258,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--store", choices=["embedded", "server"], default="embedded")
+    parser.add_argument("--lexical", choices=["embedded", "postgres"], default="embedded",
+                        help="BM25 in every process (embedded) or in PostgreSQL (scripts/postgres.sh).")
     parser.add_argument("--seed-home", type=Path, help="A Cove library to draw texts and vectors from.")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
     parser.add_argument("--queries", type=int, default=40)
@@ -205,19 +271,21 @@ def main() -> None:
     seed = load_seed(seed_library(args))
     seed_settings = seed[0]
     print(f"seed library: {len(seed[1])} real chunks, {len(seed[2])} sentences", flush=True)
-    baseline = {"chunks": len(seed[1]), "queries": time_queries(seed_settings, questions(args.queries))}
+    baseline = {"chunks": len(seed[1]), "queries": time_queries(seed_settings, questions(args.queries), recall=True)}
     print("baseline (the real seed library):", json.dumps(baseline), flush=True)
 
     results = [run_size(size, args, seed) for size in args.sizes]
     base = baseline["queries"]["hybrid"]["p50_ms"]
-    print("\nsize        ingest/s  chroma MB  bm25 MB  rebuild s  hybrid p50/p95 ms  x baseline p50  peak MB")
+    print("\nsize        ingest/s  chroma MB  bm25 MB  rebuild s  hybrid p50/p95 ms  x baseline p50  "
+          "query RSS MB  recall@5")
     print(f"{baseline['chunks']:>9,}  {'-':>8}  {'-':>9}  {'-':>7}  {'-':>9}  "
           f"{base:>7.0f}/{baseline['queries']['hybrid']['p95_ms']:<9.0f} {1.0:>14.1f}")  # fmt: skip
     for r in results:
         q = r["queries"]["hybrid"]
         print(f"{r['chunks']:>9,}  {r['ingest_chunks_per_s']:>8,}  {r['chroma_disk_mb']:>9,}  {r['bm25_disk_mb']:>7,}  "
               f"{r['bm25_rebuild_s']:>9.1f}  {q['p50_ms']:>7.0f}/{q['p95_ms']:<9.0f} "
-              f"{q['p50_ms'] / base:>14.1f}  {r['peak_rss_mb']:>7,}")  # fmt: skip
+              f"{q['p50_ms'] / base:>14.1f}  {r['queries']['process_peak_rss_mb']:>12,}  "
+              f"{r['queries']['page_recall_at_5']:.3f}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"baseline": baseline, "results": results}, indent=2))
 

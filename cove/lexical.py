@@ -158,9 +158,14 @@ def lexical_dir(settings) -> Path:
 def sync_lexical_index(
     settings, store, index: LexicalIndex | None = None, generation: str | None = None
 ) -> LexicalIndex:
-    """The BM25 index, rebuilt from the vector store if it lags behind the store's generation."""
-    index = index or LexicalIndex(lexical_dir(settings))
+    """The BM25 index, rebuilt from the vector store if it lags behind the store's generation: in
+    this process (`LexicalIndex`), or on the PostgreSQL server of `lexical.postgres_url`."""
     wanted = store.generation() if generation is None else generation
+    server = getattr(store, "lexical_server", None)
+    if server is not None:
+        server.sync(store, wanted)
+        return server
+    index = index or LexicalIndex(lexical_dir(settings))
     if index.generation != wanted:
         ids, texts, metadatas = store.all_chunks()
         index.rebuild(ids, [lexical_text(t, m) for t, m in zip(texts, metadatas, strict=True)], wanted)

@@ -114,7 +114,19 @@ class ChunkStore:
         # Generations whose data this store's embedded client has loaded or written itself; any
         # other generation was written by another process, and the client must be reopened.
         self._known_generations: set[str] = set()
+        self._lexical_server = None
         self._with_retries(self._open)
+
+    @property
+    def lexical_server(self):
+        """The lexical index on PostgreSQL (`lexical.postgres_url`), written with the chunks; None if unset."""
+        url = self.settings.lexical.postgres_url
+        if url and self._lexical_server is None:
+            from cove.lexical_pg import PostgresLexicalIndex
+
+            lexical = self.settings.lexical
+            self._lexical_server = PostgresLexicalIndex(url, self.settings.collection_name, lexical.timeout_s)
+        return self._lexical_server
 
     def _open(self) -> None:
         self.client = connect(self.settings)
@@ -175,11 +187,15 @@ class ChunkStore:
                 embeddings=[list(map(float, v)) for v in embeddings[start:end]],
                 metadatas=metadatas[start:end],
             )
+        if self.lexical_server is not None:
+            self.lexical_server.replace_document(doc_id, ids, texts, metadatas)
 
     @_remote
     def delete_document(self, doc_id: str) -> None:
         self.collection.delete(where={"doc_id": doc_id})
         self.meta.delete(ids=[self._record_id(doc_id)])
+        if self.lexical_server is not None:
+            self.lexical_server.delete_document(doc_id)
 
     @_remote
     def drop_other_indexes(self) -> list[str]:
@@ -200,6 +216,8 @@ class ChunkStore:
         self.client.delete_collection(self.settings.collection_name)
         self.meta.delete(where={"collection": self.settings.collection_name})
         self._open()
+        if self.lexical_server is not None:
+            self.lexical_server.reset()
 
     # --- what several instances share: generation and document records ----------------------------
     def _generation_id(self) -> str:
@@ -222,6 +240,7 @@ class ChunkStore:
         """Give the collection a new generation token. Writers call it before *and* after a change:
         a reader that rebuilt its BM25 copy halfway through a write sees a newer token afterwards."""
         token = f"{time.time():.6f}-{uuid.uuid4().hex[:12]}"
+        previous = self._read_generation() if self.lexical_server is not None else ""
         self.meta.upsert(
             ids=[self._generation_id()],
             embeddings=[_META_VECTOR],
@@ -229,6 +248,8 @@ class ChunkStore:
             metadatas=[{"collection": self.settings.collection_name, "kind": "generation", "token": token}],
         )
         self._known_generations.add(token)
+        if self.lexical_server is not None:
+            self.lexical_server.advance(previous, token)
         return token
 
     @_remote

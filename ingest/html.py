@@ -105,13 +105,21 @@ def parse_html(data: bytes) -> ParsedDocument:
 
 
 def _title(soup: BeautifulSoup) -> str:
+    """The page's own title: `og:title`, else `<title>`, else the first `<h1>`. A title that is the
+    `<h1>` plus the site's name ("Frederick Bates (politician) - Wikipedia") is the `<h1>`."""
     og = soup.find("meta", attrs={"property": "og:title"})
-    if og and og.get("content"):
-        return WS.sub(" ", og["content"]).strip()
-    if soup.title and soup.title.string:
-        return WS.sub(" ", soup.title.string).strip()
     h1 = soup.find("h1")
-    return WS.sub(" ", h1.get_text(" ")).strip() if h1 else ""
+    heading = WS.sub(" ", h1.get_text(" ")).strip() if h1 else ""
+    if og and og.get("content"):
+        title = WS.sub(" ", og["content"]).strip()
+    elif soup.title and soup.title.string:
+        title = WS.sub(" ", soup.title.string).strip()
+    else:
+        return heading
+    return heading if heading and _SITE_SUFFIX.fullmatch(title[len(heading) :]) and title.startswith(heading) else title
+
+
+_SITE_SUFFIX = re.compile(r"\s+[-|\u2013\u2014\u00b7:]\s+\S.{0,60}")  # " - Wikipedia", " | Site name"
 
 
 def _main_element(soup: BeautifulSoup) -> Tag:

@@ -63,13 +63,23 @@ class ParseLimits:
         )
 
 
+_MARKUP_START = re.compile(rb"^(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body|meta|title)\b", re.S)
+
+
 def sniff_kind(head: bytes) -> str | None:
-    """What a file really is, from its first bytes: 'pdf', 'html', 'text' or None (binary)."""
+    """What a file really is, from its first bytes: 'pdf', 'html', 'text' or None (binary).
+
+    HTML is a document that *starts* as markup (a doctype, `<html>`, `<head>`...; comments and an
+    XML declaration may come first): notes that mention `<html>` in their text stay text."""
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if stripped.startswith(b"%PDF-") or b"%PDF-" in head[:1024]:
         return "pdf"
-    lowered = stripped[:512].lower()
-    if lowered.startswith((b"<!doctype html", b"<html", b"<?xml")) or b"<html" in lowered or b"<body" in lowered:
+    lowered = stripped[:1024].lower()
+    if lowered.startswith(b"<?xml"):
+        lowered = lowered[lowered.find(b"?>") + 2 :].lstrip() if b"?>" in lowered else lowered
+        if b"<html" in lowered:
+            return "html"
+    if _MARKUP_START.match(lowered):
         return "html"
     if b"\x00" in head[:4096]:
         return None
@@ -80,6 +90,22 @@ def sniff_kind(head: bytes) -> str | None:
         if err.start < len(head[:4096]) - 4:
             return None
     return "text"
+
+
+_MARKDOWN_SIGNS = (
+    re.compile(r"^#{1,6}\s+\S", re.M),  # a heading
+    re.compile(r"\[[^\]\n]+\]\([^)\s]+\)"),  # a link
+    re.compile(r"^```", re.M),  # a fenced block
+    re.compile(r"^\s{0,3}[-*+]\s+\S", re.M),  # a list item
+    re.compile(r"\*\*[^*\n]+\*\*"),  # bold
+)
+
+
+def looks_like_markdown(head: bytes) -> bool:
+    """Text written in Markdown: at least two kinds of its marks, one of them a heading or a link."""
+    text = head[:4096].decode("utf-8", errors="replace")
+    found = [bool(sign.search(text)) for sign in _MARKDOWN_SIGNS]
+    return sum(found) >= 2 and (found[0] or found[1])
 
 
 def open_regular_file(path: str | Path, max_bytes: int | None = None) -> BinaryIO:

@@ -37,7 +37,7 @@ from ingest.arxiv import carries_arxiv_stamp, parse_api_response, split_version
 from ingest.chunk import chunk_document, embedding_plan
 from ingest.copies import keep_library_copy
 from ingest.fetch import Fetcher, FetchError
-from ingest.parse import MB, ParseError, ParseLimits, open_regular_file, sniff_kind
+from ingest.parse import MB, ParseError, ParseLimits, looks_like_markdown, open_regular_file, sniff_kind
 from ingest.sources import Source, dedupe, disown_arxiv_id, local_file_id, reading_list_aliases
 from ingest.workers import ParseJob, ParseSupervisor, WorkerLimits
 
@@ -347,7 +347,7 @@ class IngestPipeline:
             digest = hashlib.sha256(head)
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        kind = decide_kind(sniff_kind(head), source.kind_hint, source.local, source.location)
+        kind = decide_kind(sniff_kind(head), source.kind_hint, head, source.local)
         return path, kind, digest.hexdigest()
 
     def _arxiv_metadata(self, source: Source) -> None:
@@ -582,20 +582,22 @@ def choose_title(source: Source, parsed: ParsedDocument) -> str:
     return title
 
 
-def decide_kind(sniffed: str | None, hint: str | None, local: bool, location: str) -> str:
-    """Trust the bytes, not the name or the Content-Type: but a PDF we asked for must be a PDF."""
+def decide_kind(sniffed: str | None, hint: str | None, head: bytes = b"", local: bool = False) -> str:
+    """Trust the bytes, not the name or the Content-Type: a `.txt` holding an HTML page is HTML, a
+    `.html` holding plain words is text, Markdown is recognised by its marks; only a PDF asked for
+    (a `.pdf`, an arXiv link) that is not one is refused, with what it is instead."""
     if sniffed == "pdf":
         return "pdf"
     if sniffed is None:
         raise ParseError("unsupported binary content (not a PDF, HTML or text file)")
     if hint == "pdf":
         what = "an HTML page" if sniffed == "html" else "text"
+        if local:
+            raise ParseError(f"expected a PDF but got {what} (the file is named like a PDF but is not one)")
         raise ParseError(f"expected a PDF but got {what} (an error or login page?)")
-    if sniffed == "html" and not (local and hint in ("markdown", "text")):
+    if sniffed == "html":
         return "html"
-    if hint in ("markdown", "text", "html"):
-        return hint
-    return "markdown" if location.lower().endswith((".md", ".markdown")) else "text"
+    return "markdown" if hint == "markdown" or looks_like_markdown(head) else "text"
 
 
 def _reason(err: Exception) -> str:

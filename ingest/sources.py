@@ -111,7 +111,9 @@ def from_url(url: str, title: str = "", topic: str = "", kind_hint: str | None =
 
 
 def from_path(path: Path, shown_name: str | None = None) -> Source:
-    """One local file. The kind comes from the extension (content is sniffed again when parsing).
+    """One local file, of any name: its kind is sniffed from its content at ingest, the extension
+    only a hint (a folder is walked for the extensions in `LOCAL_KINDS`; a file named explicitly may
+    have any, and binary content is refused then, as one bad input).
 
     A PDF named like an arXiv paper (by `shown_name`, for uploads, or its own name) claims that
     paper's id until ingest has read page 1 (see `disown_arxiv_id`)."""
@@ -119,8 +121,6 @@ def from_path(path: Path, shown_name: str | None = None) -> Source:
     if not _is_utf8(str(path)):
         raise SourceError(f"the file name is not valid UTF-8 ({_printable(str(path))}): rename it to ingest it")
     kind = LOCAL_KINDS.get(path.suffix.lower())
-    if kind is None:
-        raise SourceError(f"unsupported file type {path.suffix or '(none)'!r}: {path.name}")
     name = shown_name or path.name
     arxiv_name = FILENAME_RE.match(Path(name).stem)
     if arxiv_name and kind == "pdf":

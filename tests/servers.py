@@ -187,3 +187,38 @@ class CoveApiServer(ServerProcess):
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "app.cli", "serve", "--host", self.host, "--port", str(self.port)]
+
+
+class PostgresServer:
+    """PostgreSQL for the lexical index, started by `scripts/postgres.sh` (what a lab runs) in a
+    fresh folder under /tmp (the server runs as the `postgres` user, which must reach it)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        import tempfile
+
+        self.port = port or free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="cove-pg-", dir="/tmp"))
+        self.root.chmod(0o755)
+        self.data = self.root / "data"
+        self.script = Path(__file__).resolve().parents[1] / "scripts" / "postgres.sh"
+        self.url = ""
+
+    def _run(self, *args: str) -> str:
+        done = subprocess.run([str(self.script), *args], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/postgres.sh {args[0]} failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def start(self) -> PostgresServer:
+        printed = self._run("start", str(self.data), str(self.port))
+        self.url = printed.split("=", 1)[1]
+        return self
+
+    def stop(self) -> None:
+        self._run("stop", str(self.data))
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,104 @@
+"""The lexical index on a real PostgreSQL server (issue 23): chunks written with the Chroma ones, in
+the same generation, BM25 scored in the server the way the embedded index scores, a crashed write
+repaired from the chunk store, and nothing of the index held in a Cove process."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CORPUS
+
+pytestmark = pytest.mark.slow
+
+QUERIES = [
+    "warmup_steps = 4000",
+    "Which optimizer and beta values were used?",
+    "How many parallel attention heads does the base Transformer use?",
+    "rank r of the LoRA update matrices",
+    "dropout rate residual connections",
+    "trainable parameters reduced by 10,000 times",
+    "label smoothing value",
+    "GPT-3 175B fine-tuning cost",
+]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    from servers import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="module")
+def two_homes(tmp_path_factory, postgres):
+    """The same two papers ingested into an embedded-BM25 home and a PostgreSQL home."""
+    if not CORPUS.is_dir():
+        pytest.skip("../shared/corpus is absent: the lexical index tests ingest two of its papers")
+    from cove.settings import load_settings
+    from ingest.pipeline import ingest
+    from ingest.sources import from_path
+
+    homes = {}
+    for name, lexical in (("embedded", {}), ("postgres", {"postgres_url": postgres.url})):
+        settings = load_settings({"home": str(tmp_path_factory.mktemp(name)), "lexical": lexical})
+        report = ingest([from_path(CORPUS / "1706.03762.pdf"), from_path(CORPUS / "2106.09685.pdf")], settings)
+        assert not report.failed, report.failed
+        homes[name] = settings
+    return homes
+
+
+def test_postgres_ranks_as_the_embedded_bm25_does(two_homes):
+    from cove.lexical_pg import PostgresLexicalIndex
+    from cove.retrieve import Retriever
+
+    embedded, server = Retriever(two_homes["embedded"]), Retriever(two_homes["postgres"])
+    assert isinstance(server.lexical, PostgresLexicalIndex)  # no BM25 copy in this process
+    assert len(server.lexical) == len(embedded.lexical) == embedded.store.count()
+    overlap = []
+    for query in QUERIES:
+        a = [h.id for h in embedded.lexical.search(query, 5)]
+        b = [h.id for h in server.lexical.search(query, 5)]
+        assert a[0] == b[0], (query, a, b)  # the same best chunk
+        overlap.append(len(set(a) & set(b)) / 5)
+    assert sum(overlap) / len(overlap) >= 0.9, overlap
+    hits = server.search("warmup_steps = 4000", mode="lexical").hits
+    assert ("1706.03762.pdf", 7) in [(h.source, h.page) for h in hits]
+    lora = server.lexical.search("attention heads", 10, {"arxiv-2106.09685"})
+    assert lora and all(h.id.startswith("arxiv-2106.09685:") for h in lora)
+
+
+def test_writes_keep_the_generation_and_a_crashed_write_is_rebuilt(two_homes):
+    from cove.lexical_pg import PostgresLexicalIndex
+    from cove.store import ChunkStore
+
+    settings = two_homes["postgres"]
+    store = ChunkStore(settings)
+    server = store.lexical_server
+    assert server.generation == store.generation()  # the ingest's last mark_changed stamped it
+    before = len(server)
+    # A writer that dies between its write and its closing mark_changed: a stray chunk, a dirty table.
+    crashed = PostgresLexicalIndex(settings.lexical.postgres_url, settings.collection_name)
+    crashed.replace_document("stray-doc", ["stray-doc:0"], ["zebra quokka narwhal"], [{}])
+    assert server.generation is None and len(server) == before + 1
+    assert crashed.search("quokka", 5)  # readers would see it ...
+    from cove.retrieve import Retriever
+
+    reader = Retriever(settings)
+    reader.refresh()  # ... but the next reader rebuilds the table from the Chroma collection
+    assert server.generation == store.generation() and len(server) == before
+    assert not reader.lexical.search("quokka", 5)
+
+
+def test_deleting_a_document_removes_its_terms(two_homes):
+    from cove.store import ChunkStore
+
+    store = ChunkStore(two_homes["postgres"])
+    server = store.lexical_server
+    assert server.search("LoRA low-rank adaptation", 5, {"arxiv-2106.09685"})
+    store.mark_changed()
+    store.delete_document("arxiv-2106.09685")
+    store.mark_changed()
+    assert server.generation == store.generation()
+    assert not server.search("LoRA low-rank adaptation", 5, {"arxiv-2106.09685"})
+    assert len(server) == store.count()
