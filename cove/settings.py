@@ -391,8 +391,7 @@ class ReaderSettings(BaseModel):
         "", description="Folder of a trained reader (`cove reader train --out`); empty = the one shipped with Cove."
     )
     candidates: int = Field(
-        10, ge=1, le=64, description="The quote scorer's best candidates per part that the reader reads (10: "
-        "the calibration fold's top-1 is the same as with 16, at 5/8 of the reader's time)."
+        16, ge=1, le=64, description="The quote scorer's best candidates per part that the reader reads."
     )
     threshold: float | None = Field(
         None, ge=0, le=1, description="Least calibrated probability for a part to count as answered; unset = the "
