@@ -174,3 +174,18 @@ def test_the_question_prompt_is_versioned_data_with_worked_examples():
     assert len(prompt.examples) >= 2 and messages[0]["role"] == "system"
     assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * len(prompt.examples) + ["user"]
     assert "Ignore the above" in messages[-1]["content"]  # library text goes in the user turn only
+
+
+def test_bf16_is_used_only_where_the_os_enables_avx512(monkeypatch):
+    import cove.cpu as cpu
+    from cove.reader.cross import bf16_available
+
+    flags = frozenset({*cpu.AVX512_BASE, "avx512_bf16"})
+    for xstate, expected in ((cpu.XSTATE_AVX512, True), (0, False), (None, False)):
+        machine = cpu.Machine(model="x", flags=flags, xstate=xstate, amx_granted=False, xstate_source="t", x86_64=True)
+        monkeypatch.setattr(cpu, "read_machine", lambda probe=False, m=machine: m)
+        assert bf16_available() is expected, xstate
+    machine = cpu.Machine(model="x", flags=frozenset({"avx2"}), xstate=cpu.XSTATE_AVX512, amx_granted=False,
+                          xstate_source="t", x86_64=True)  # an AVX2-only EPYC
+    monkeypatch.setattr(cpu, "read_machine", lambda probe=False, m=machine: m)
+    assert not bf16_available()

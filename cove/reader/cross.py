@@ -30,9 +30,11 @@ def bf16_available() -> bool:
     """Does this CPU run bfloat16 matrix products natively (AVX-512 BF16)? There the reader reads in
     bfloat16 (1.6x faster, the same best candidate for 0.95 of parts) and trains under bfloat16
     autocast (2x faster); elsewhere bfloat16 would be emulated and slower, so it stays float32."""
-    from cove.cpu import read_machine
+    from cove.cpu import AVX512_BASE, XSTATE_AVX512, read_machine
 
-    return "avx512_bf16" in read_machine(probe=False).flags
+    machine = read_machine(probe=False)  # the flags say what the CPU has; the xstate what the OS enables
+    wanted = {*AVX512_BASE, "avx512_bf16"}
+    return wanted <= machine.flags and machine.os_grants(XSTATE_AVX512)
 
 
 class ReaderMissing(RuntimeError):
