@@ -37,10 +37,12 @@ and questions queue on the model's lock.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import hmac
 import json
 import logging
 import re
+import signal
 import threading
 import time
 import uuid
@@ -71,11 +73,11 @@ from service.conversations import citation_lines
 from service.library import LibraryService, TooManyAnswers, library_json, shared_service
 
 log = logging.getLogger("cove.api")
+DISCONNECT_POLL_S = 0.25  # a client_gone that is handed request data waits this long before asking again
 
 MODELS = {"cove": "cove", "cove-baseline": "baseline"}  # model name -> pipeline
 PRIVATE_HOSTS = {"127.0.0.1", "localhost", "::1"}
 KEEPALIVE_S = 15.0
-DISCONNECT_POLL_S = 0.25  # how often a running answer looks whether its client is still there
 SOURCES_HEADING = "\n\nSources:\n"
 
 
@@ -359,10 +361,12 @@ class CompletionStream:
 
         try:
             answer = self.service.ask(self.question, self.history, MODELS[self.model], on_event, self.cancel, self.slot)
+            log.info("a streamed answer was given %s", answer_summary(answer))
             put(("answer", answer.to_json()))
         except AnswerCancelled:
             log.info("a streamed answer was stopped: its client hung up")
         except Exception as err:  # reported to the client inside the stream
+            log.info("a streamed answer failed: %s", type(err).__name__)
             put(("error", err))
         finally:
             self.release_answer_hold()
@@ -422,24 +426,48 @@ class CompletionStream:
             yield f"data: {json.dumps(body)}\n\n"
 
 
+def answer_summary(answer) -> str:
+    """For the server's log: how long an answer took and where (no question or answer text: the log
+    may be read by others than the asker)."""
+    timings = getattr(answer, "timings", None) or {}
+    steps = ", ".join(f"{k.removesuffix('_s')} {v:.1f}" for k, v in timings.items() if k != "total_s")
+    return f"in {timings.get('total_s', 0.0):.1f} s ({steps})"
+
+
 async def answer_while_connected(request: Request, ask, question: str, history, pipeline: str | None):
     """`ask(...)` in a worker thread, cancelled if the client hangs up before it ends (uvicorn tells
     the app through `http.disconnect`; nothing else stops a thread that answers for nobody)."""
     cancel = threading.Event()
     work = asyncio.ensure_future(run_in_threadpool(ask, question, history, pipeline, None, cancel))
+    gone = asyncio.ensure_future(client_gone(request))
     try:
-        while not work.done():
-            await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
-            if not work.done() and not cancel.is_set() and await request.is_disconnected():
-                cancel.set()
-                log.info("an answer was stopped: its client hung up")
-        return work.result()
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            cancel.set()
+            log.info("an answer was stopped: its client hung up")
+            await asyncio.wait({work})  # the answer ends at its next step or token
+        answer = work.result()
+        log.info("an answer was given %s", answer_summary(answer))
+        return answer
     except ApiError:
         raise
     except Exception as err:
+        log.info("an answer failed: %s", type(err).__name__)
         raise api_error(err) from err
     finally:
         cancel.set()
+        gone.cancel()
+
+
+async def client_gone(request: Request) -> None:
+    """Returns once the client has hung up. It waits on the request's own message channel, as
+    Starlette's streaming responses do (uvicorn sends `http.disconnect` when the connection drops),
+    instead of polling `is_disconnected()`, which can miss the message while the loop is busy."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)  # body already read: never spin on the loop
 
 
 # --- the app ---------------------------------------------------------------------------------------------
@@ -576,6 +604,9 @@ def serve(settings: CoveSettings) -> None:
     import uvicorn
 
     check_bind(settings)
+    # `kill -USR1 <pid>` writes every thread's stack to the server's stderr: what a stuck answer
+    # is doing, without stopping the server (the tests use it when an answer does not progress).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     cove_log = logging.getLogger("cove")
     if not cove_log.handlers:  # Cove's own events (answers stopped, failures) beside uvicorn's lines
         handler = logging.StreamHandler()

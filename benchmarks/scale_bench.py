@@ -1,7 +1,8 @@
 """Retrieval at scale: a synthetic library of 100k / 1M chunks in Chroma, searched the way Cove does.
 
     python benchmarks/scale_bench.py [--sizes 100000 1000000] [--store embedded|server] [--seed-home DIR]
-                                     [--lexical embedded|postgres] [--queries 40] [--json out.json]
+                                     [--lexical embedded|postgres [--compare-embedded]] [--queries 40]
+                                     [--json out.json]
 
 The synthetic chunks are built from a real library (the seed: the corpus, ingested first unless
 --seed-home points at one): each text is sentences drawn from real chunks (so BM25 sees real term
@@ -244,6 +245,11 @@ def run_size(size: int, args, seed) -> dict:
         "queries": queries_in_child(settings, questions(args.queries)),
         "peak_rss_mb": round(peak_rss_mb()),  # this (writing) process
     }
+    if postgres and args.compare_embedded:
+        # The same library searched with the embedded BM25 instead (the child builds its own copy,
+        # as a Cove process would): the recall to match, and the memory the server saves each process.
+        embedded = load_settings({"home": str(home), "store": store_cfg})
+        result["queries_embedded_lexical"] = queries_in_child(embedded, questions(args.queries))
     print(json.dumps(result, indent=2), flush=True)
     if server:
         server.stop()
@@ -260,6 +266,8 @@ def main() -> None:
     parser.add_argument("--store", choices=["embedded", "server"], default="embedded")
     parser.add_argument("--lexical", choices=["embedded", "postgres"], default="embedded",
                         help="BM25 in every process (embedded) or in PostgreSQL (scripts/postgres.sh).")
+    parser.add_argument("--compare-embedded", action="store_true",
+                        help="With --lexical postgres: also search the same library with the embedded BM25.")
     parser.add_argument("--seed-home", type=Path, help="A Cove library to draw texts and vectors from.")
     parser.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "corpus")
     parser.add_argument("--queries", type=int, default=40)

@@ -47,7 +47,7 @@ from ingest.front import (
 )
 from ingest.lines import Line, build_lines, is_mathy, recount_math, split_line
 from ingest.references import parse_entry, split_entries
-from ingest.runs import PageRuns, font_cache, page_runs
+from ingest.runs import DocumentCache, PageRuns, page_runs
 from ingest.tables import Table, build_table, collect_table_lines, table_band
 
 CAPTION = re.compile(r"^(Figure|Fig\.|Table|Tab\.)\s*([A-Z]?\d{1,3}(?:\.\d{1,2})?|[IVX]{1,5})\s*[:.|]\s*", re.I)
@@ -91,15 +91,16 @@ ROMAN_MATH = re.compile(r"^CMR\d|^CMBX\d")  # TeX's upright math fonts, when the
 # --- the document ---------------------------------------------------------------------------------
 
 
-def analyze_pdf(reader) -> ParsedDocument:
-    """The parsed document of an opened pypdf reader (pages, blocks, title, authors, report, positions)."""
-    fonts = font_cache()
+def analyze_pdf(reader, tokenize: str = "scan") -> ParsedDocument:
+    """The parsed document of an opened pypdf reader (pages, blocks, title, authors, report, positions).
+    `tokenize="pypdf"` reads content streams with pypdf's own tokenizer (the reference for tests)."""
+    cache = DocumentCache(tokenize)
     work: list[_PageWork] = []
     warnings: list[str] = []
     broken = []
     for number, page in enumerate(reader.pages, start=1):
         try:
-            runs = page_runs(page, reader, fonts)
+            runs = page_runs(page, reader, cache)
         except Exception:  # one broken page must not lose the rest of the paper
             runs = PageRuns(612.0, 792.0, 0.0, 0.0)
             broken.append(number)

@@ -164,7 +164,7 @@ def make_line(runs: list[Run], order: int) -> Line | None:
         runs = _place_accents(sorted(runs, key=lambda r: r.x0))
     else:
         runs = sorted(runs, key=lambda r: _along(r, r.y))
-    main = max(runs, key=lambda r: (r.size, -runs.index(r)))
+    main = max(runs, key=lambda r: r.size)  # the first of the largest (max keeps the first)
     parts: list[str] = []
     boxes: list[Box] = []
     cells: list[Cell] = []

@@ -12,6 +12,11 @@ A `Run` is one string shown by one text operator (a TJ array gives one run per s
 numbers between them move the pen: that is where table cells and words separate). Text inside a
 form XObject (an included figure: \\includegraphics of a PDF plot) or on top of an image carries the
 id of that figure `Region`. Boxes are in PDF user space (points, origin bottom-left).
+
+Speed (issue 23): the decoded streams are tokenised by `ingest.content_scan` (pypdf's tokenizer stays
+available as `tokenize="pypdf"`, the reference the tests compare against); a form drawn many times is
+decoded and tokenised once per document; each font remembers the width and text of the strings it
+has shown (a paper shows the same words thousands of times).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pypdf.generic import ContentStream, DictionaryObject, IndirectObject
+
+from ingest import content_scan
 
 IDENTITY = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 # A form XObject covering this share of the page is a page wrapper, not a figure.
@@ -37,6 +44,12 @@ TEXT_STATE_OPERATORS = {
     b"TL": ("leading", 1.0),
     b"Ts": ("rise", 1.0),
 }
+# The operators the interpreter acts on: the scanner reports no others.
+READ_OPERATORS = frozenset(
+    {b"TJ", b"Tj", b"Td", b"TD", b"Tm", b"T*", b"'", b'"', b"BT", b"Tf", b"cm", b"q", b"Q", b"Do"}
+    | set(TEXT_STATE_OPERATORS)
+)
+TOKENIZERS = ("scan", "pypdf")
 
 
 @dataclass(slots=True)
@@ -116,24 +129,87 @@ def _transform_box(matrix: tuple, x0: float, y0: float, x1: float, y1: float) ->
     return min(xs), min(ys), max(xs), max(ys)
 
 
-class _FontCache:
-    """pypdf Font objects, built once per font dictionary of the document (pypdf rebuilds them per page)."""
+@dataclass(slots=True)
+class _Font:
+    """A pypdf Font with what `_show` needs at hand, and the strings it has shown: raw bytes ->
+    (text, characters, width in glyph units, spaces)."""
 
-    def __init__(self) -> None:
-        self.fonts: dict[Any, Any] = {}
+    font: Any
+    name: str
+    widths: dict
+    default_width: float
+    single_byte: bool  # a simple font (one byte per code): word spacing applies to its spaces
+    shown: dict = field(default_factory=dict)
 
-    def get(self, ref: Any):
+
+@dataclass(slots=True)
+class _Form:
+    """A form XObject, read once per document however often it is drawn."""
+
+    matrix: tuple
+    bbox: list[float] | None
+    resources: DictionaryObject | None
+    operations: list | None  # None: it draws no text, form or image, only its region counts
+
+
+class DocumentCache:
+    """Per-document memory of fonts and forms (pypdf rebuilds fonts per page; a logo or a plot symbol
+    drawn on every page would be decoded and tokenised each time)."""
+
+    def __init__(self, tokenize: str = "scan") -> None:
+        if tokenize not in TOKENIZERS:
+            raise ValueError(f"tokenize must be one of {TOKENIZERS}")
+        self.tokenize = tokenize
+        self.fonts: dict[Any, _Font | None] = {}
+        self.forms: dict[Any, _Form | None] = {}
+
+    def font(self, ref: Any) -> _Font | None:
         from pypdf.generic._font import Font
 
-        key = (ref.idnum, ref.generation) if isinstance(ref, IndirectObject) else id(ref)
-        font = self.fonts.get(key)
-        if font is None:
+        key = _key(ref)
+        if key not in self.fonts:
             try:
                 font = Font.from_font_resource(ref.get_object())
+                widths = font.character_widths
+                self.fonts[key] = _Font(
+                    font, _base_name(font), widths, widths.get("default", 500), isinstance(font.encoding, dict)
+                )
             except Exception:  # a broken font loses its text, not the page
-                font = False
-            self.fonts[key] = font
-        return font or None
+                self.fonts[key] = None
+        return self.fonts[key]
+
+    def operations(self, data: bytes, reader) -> list:
+        """(operands, operator) of a decoded content stream, by the chosen tokenizer."""
+        if self.tokenize == "pypdf":
+            content = ContentStream(None, reader, "bytes")
+            content.set_data(data)
+            return content.operations
+        return list(content_scan.operations(data, READ_OPERATORS))
+
+    def form(self, ref: Any, xobject, reader) -> _Form | None:
+        key = _key(ref)
+        if key not in self.forms:
+            self.forms[key] = self._read_form(xobject, reader)
+        return self.forms[key]
+
+    def _read_form(self, xobject, reader) -> _Form | None:
+        matrix = _numbers(list(xobject.get("/Matrix", IDENTITY)), 6) or list(IDENTITY)
+        bbox = _numbers(list(xobject.get("/BBox", [])), 4)
+        try:
+            data = xobject.get_data()
+        except Exception:
+            return None
+        operations = None
+        if b"Tj" in data or b"TJ" in data or b"Do" in data or b"'" in data:
+            try:
+                operations = self.operations(data, reader)
+            except Exception:
+                return None
+        return _Form(tuple(matrix), bbox, _dict(xobject.get("/Resources")), operations)
+
+
+def _key(ref: Any) -> Any:
+    return (ref.idnum, ref.generation) if isinstance(ref, IndirectObject) else id(ref)
 
 
 _SUBSET_PREFIX = re.compile(r"^[A-Z]{6}[^A-Za-z0-9]")  # "ABCDEF+CMMI10": a subset tag (the "+" is sometimes mangled)
@@ -175,9 +251,9 @@ class _State:
 class _Interpreter:
     """Walks one page's content stream (and the forms it draws), collecting runs and figure regions."""
 
-    def __init__(self, reader, fonts: _FontCache, page_area: float) -> None:
+    def __init__(self, reader, cache: DocumentCache, page_area: float) -> None:
         self.reader = reader
-        self.fonts = fonts
+        self.cache = cache
         self.page_area = page_area
         self.runs: list[Run] = []
         self.regions: list[Region] = []
@@ -185,13 +261,13 @@ class _Interpreter:
         self.forms_seen = 0
 
     # --- streams -----------------------------------------------------------------------------------
-    def run_stream(self, content, resources, ctm: tuple, region: int, depth: int) -> None:
+    def run_stream(self, operations: list, resources, ctm: tuple, region: int, depth: int) -> None:
         font_resources = _dict(resources.get("/Font")) if resources else None
         xobjects = _dict(resources.get("/XObject")) if resources else None
         state = _State(ctm=ctm)
         stack: list[_State] = []
         tm = lm = IDENTITY
-        for operands, op in content.operations:
+        for operands, op in operations:
             if op == b"TJ":
                 if operands and isinstance(operands[0], list):
                     tm = self._show_array(operands[0], state, tm, region)
@@ -231,8 +307,8 @@ class _Interpreter:
                         if font_resources and operands[0] in font_resources
                         else None
                     )
-                    state.font = self.fonts.get(ref) if ref is not None else None
-                    state.font_name = _base_name(state.font)
+                    state.font = self.cache.font(ref) if ref is not None else None
+                    state.font_name = state.font.name if state.font else ""
                     size = _numbers(operands[1:], 1)
                     state.size = size[0] if size else state.size
             elif op == b"cm":
@@ -269,27 +345,18 @@ class _Interpreter:
         self.forms_seen += 1
         if self.forms_seen > MAX_FORMS:  # hostile or pathological documents: stop descending
             return
-        matrix = _numbers(list(xobject.get("/Matrix", IDENTITY)), 6) or list(IDENTITY)
-        form_ctm = mult(tuple(matrix), ctm)
+        form = self.cache.form(ref, xobject, self.reader)
+        if form is None:
+            return
+        form_ctm = mult(form.matrix, ctm)
         inner_region = region
-        bbox = _numbers(list(xobject.get("/BBox", [])), 4)
-        if bbox and region == 0:
-            x0, y0, x1, y1 = _transform_box(form_ctm, *bbox)
+        if form.bbox and region == 0:
+            x0, y0, x1, y1 = _transform_box(form_ctm, *form.bbox)
             area = (x1 - x0) * (y1 - y0)
             if 0 < area < WRAPPER_AREA_SHARE * self.page_area:
                 inner_region = self._new_region(x0, y0, x1, y1, "form")
-        try:
-            data = xobject.get_data()
-        except Exception:
-            return
-        if b"Tj" not in data and b"TJ" not in data and b"Do" not in data and b"'" not in data:
-            return  # a drawing without text: its region is all we need
-        try:
-            content = ContentStream(xobject, self.reader, "bytes")
-        except Exception:
-            return
-        resources = _dict(xobject.get("/Resources"))
-        self.run_stream(content, resources, form_ctm, inner_region, depth + 1)
+        if form.operations is not None:  # None: a drawing without text, its region is all we need
+            self.run_stream(form.operations, form.resources, form_ctm, inner_region, depth + 1)
 
     def _add_image(self, ctm: tuple) -> None:
         self.images += 1
@@ -322,22 +389,18 @@ class _Interpreter:
         font = state.font
         if font is None:
             return tm
-        text, raw = _decode(string, font)
-        if not raw:
+        try:
+            text, count, width, spaces = font.shown[string]
+        except KeyError:
+            text, count, width, spaces = font.shown.setdefault(string, _measure(string, font))
+        except TypeError:  # an unhashable operand (a malformed stream): nothing shown
             return tm
-        widths = font.character_widths
-        default = widths.get("default", 500)
-        scale = 0.001
-        total = 0.0
-        spaces = 0
-        for char in raw:
-            total += widths.get(char, default)
-            if char == " ":
-                spaces += 1
+        if not count:
+            return tm
         advance = (
-            total * scale * state.size
-            + state.char_spacing * len(raw)
-            + (state.word_spacing * spaces if isinstance(font.encoding, dict) else 0.0)
+            width * 0.001 * state.size
+            + state.char_spacing * count
+            + (state.word_spacing * spaces if font.single_byte else 0.0)
         ) * state.scaling
         matrix = mult(tm, state.ctm)
         if text.strip():
@@ -375,6 +438,13 @@ def _dict(value) -> DictionaryObject | None:
     return value if isinstance(value, DictionaryObject) else None
 
 
+def _measure(string, font: _Font) -> tuple[str, int, float, int]:
+    """(text, characters, width in glyph units, spaces) of a shown string, as pypdf decodes it."""
+    text, raw = _decode(string, font.font)
+    widths, default = font.widths, font.default_width
+    return text, len(raw), sum(widths.get(char, default) for char in raw), raw.count(" ")
+
+
 def _decode(string, font) -> tuple[str, str]:
     """(unicode text, raw characters keyed like the font's widths), as pypdf decodes a shown string."""
     if isinstance(string, str):  # pypdf already decoded it (a text string object)
@@ -394,25 +464,21 @@ def _decode(string, font) -> tuple[str, str]:
     return text, raw
 
 
-def page_runs(page, reader, fonts: _FontCache) -> PageRuns:
+def page_runs(page, reader, cache: DocumentCache) -> PageRuns:
     """The runs and figure regions of one pypdf page."""
     box = page.mediabox
     width, height = float(box.width), float(box.height)
     result = PageRuns(width=width, height=height, x_origin=float(box.left), y_origin=float(box.bottom))
     try:
         contents = page["/Contents"].get_object() if "/Contents" in page else None
-        content = ContentStream(contents, reader, "bytes") if contents is not None else None
+        data = ContentStream(contents, reader, "bytes").get_data() if contents is not None else None
     except Exception:  # unreadable contents: no text on this page
-        content = None
-    if content is None:
+        data = None
+    if not data:
         return result
-    interpreter = _Interpreter(reader, fonts, max(1.0, width * height))
-    interpreter.run_stream(content, _dict(page.get("/Resources")), IDENTITY, 0, 0)
+    interpreter = _Interpreter(reader, cache, max(1.0, width * height))
+    interpreter.run_stream(cache.operations(data, reader), _dict(page.get("/Resources")), IDENTITY, 0, 0)
     result.runs = interpreter.runs
     result.regions = interpreter.regions
     result.images = interpreter.images
     return result
-
-
-def font_cache() -> _FontCache:
-    return _FontCache()

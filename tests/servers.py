@@ -65,6 +65,14 @@ class ServerProcess:
         self.kill()
         raise RuntimeError(f"{self.name} did not answer on {self.url} within {timeout:.0f} s")
 
+    def stacks(self) -> str:
+        """The server's log after asking it for every thread's stack (`cove serve` writes them on
+        SIGUSR1): what to show when a test finds the server stuck."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+        return self.log.read_text(errors="replace")[-6000:] if self.log else ""
+
     def kill(self) -> None:
         """Stop at once, as a crash or a pulled plug would (no graceful shutdown)."""
         if self.proc and self.proc.poll() is None:
