@@ -158,7 +158,13 @@ def queries_in_child(settings, qs: list[str]) -> dict:
     out = ctx.Queue()
     child = ctx.Process(target=_child_queries, args=(settings.model_dump_json(), qs, out))
     child.start()
-    result = out.get()
+    while True:  # a child killed by the OOM killer sends nothing: report that instead of waiting forever
+        try:
+            result = out.get(timeout=10)
+            break
+        except Exception:
+            if not child.is_alive():
+                return {"error": f"the querying process died (exit code {child.exitcode})"}
     child.join()
     return result
 

@@ -19,11 +19,15 @@ app can show the same stages, from the same code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cove import aliases
 from cove.catalog import STATUS_FAILED, STATUS_OK, STATUS_PENDING, Catalog, DocumentRecord
@@ -104,6 +108,18 @@ class _Work:
     previous: DocumentRecord | None
 
 
+@dataclass
+class _Prepared:
+    """A document chunked and embedded, its record pending; `future` is its write to the store."""
+
+    item: _Work
+    parsed: ParsedDocument
+    record: DocumentRecord
+    chunks: list
+    vectors: Any
+    future: Future | None = None
+
+
 def source_from_record(record: DocumentRecord) -> Source:
     """Rebuild a Source from the catalog, to re-index a known document after a settings change."""
     local = not record.location.startswith(("http://", "https://", "arxiv:"))
@@ -145,6 +161,8 @@ class IngestPipeline:
         self._store_changed = False
         self._index_emptied = False  # --rebuild or new index settings: no document's old chunks are left
         self._stored_counts: dict[str, int] | None = None  # chunks per document in the store, read once
+        self._pending: _Prepared | None = None  # the document whose chunks are being written
+        self._store_down: str | None = None  # why the store stopped taking documents in this run
 
     # --- lazily created heavy parts: a run with nothing to do never loads them --------------------
     @property
@@ -372,33 +390,123 @@ class IngestPipeline:
 
     # --- parse, chunk, embed, store ---------------------------------------------------------------
     def _parse_and_index(self, work: list[_Work], report: IngestReport) -> None:
+        """Each parsed document is chunked and embedded here while the workers parse the next ones;
+        its chunks are written to the store by a writer thread while the next document is embedded
+        (one write in flight; the catalog is only touched from this thread)."""
         if not work:
             return
+        self._warm_up()
         total = len(work)
         self.progress(ProgressEvent("parse", 0, total))
         done = 0
-        store_down: str | None = None
-        for item, parsed, error, seconds, parse_report in self._parse_results(work):
-            done += 1
-            self.timings["parse"] += seconds
-            self.progress(ProgressEvent("parse", done, total, item.source.source))
-            if item.source.arxiv_unproven:
-                self._settle_claim(item, parsed)
-            if store_down is not None:  # no point parsing on into a store that is gone; the re-run resumes
-                report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", store_down))
-            elif error is not None:
-                self._record_failure(item.source, item.previous, error, report, parse_report)
-            else:
-                try:
-                    self._index(item, parsed, report)
-                except StoreUnavailable as err:
-                    store_down = f"not indexed: {err}"
-                    self._record_pending(item.source.doc_id, store_down)
-                    report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", store_down))
-                except OSError as err:  # a full disk, say: this document waits for the re-run, the rest go on
-                    reason = f"not indexed: {err.strerror or err}"
-                    self._record_pending(item.source.doc_id, reason)
-                    report.results.append(DocResult(item.source.source, FAILED, item.source.doc_id, "", reason))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cove-store-writer") as writer:
+            for item, parsed, error, seconds, parse_report in self._parse_results(work):
+                done += 1
+                self.timings["parse"] += seconds
+                self.progress(ProgressEvent("parse", done, total, item.source.source))
+                if item.source.arxiv_unproven:
+                    self._settle_claim(item, parsed)
+                if self._store_down is not None:  # no point going on into a store that is gone; a re-run resumes
+                    report.results.append(
+                        DocResult(item.source.source, FAILED, item.source.doc_id, "", self._store_down)
+                    )
+                elif error is not None:
+                    self._finish_write(report)  # a failure may delete the document's chunks: no write in flight
+                    self._record_failure(item.source, item.previous, error, report, parse_report)
+                else:
+                    prepared = self._prepare(item, parsed, report)
+                    self._finish_write(report)
+                    if prepared is not None:
+                        self._start_write(writer, prepared, report)
+            self._finish_write(report)
+
+    def _prepare(self, item: _Work, parsed: ParsedDocument, report: IngestReport) -> _Prepared | None:
+        """A parsed document's record (pending in the catalog), chunks and vectors; None when no text is left."""
+        source = item.source
+        self._arxiv_metadata(source)
+        title = plain_text(choose_title(source, parsed), 300)  # shown everywhere: one plain line
+        record = self._record(source, item, parsed, title)
+        record.status = STATUS_PENDING
+        self.catalog.upsert(record)  # before the store: a crash from here on leaves "pending"
+
+        t0 = time.perf_counter()
+        chunks = chunk_document(source.doc_id, parsed, **self._chunk_args())
+        self.timings["chunk"] += time.perf_counter() - t0
+        if not chunks:
+            self._finish_write(report)
+            self._record_failure(source, item.previous, "no text left after cleaning", report)
+            return None
+        texts, plan = embedding_plan(chunks, title)
+        vectors = self._embed(texts, source.source)[plan]
+        return _Prepared(item, parsed, record, chunks, vectors)
+
+    def _start_write(self, writer: ThreadPoolExecutor, prepared: _Prepared, report: IngestReport) -> None:
+        """The chunks into the store and the word positions to disk, in the writer thread."""
+        source, parsed, chunks = prepared.item.source, prepared.parsed, prepared.chunks
+        if self._store_down is not None:  # the write before this one found the store gone
+            self._not_indexed(source, StoreUnavailable(self._store_down.removeprefix("not indexed: ")), report)
+            return
+        doc_fields = {"title": prepared.record.title, "source": source.source, "url": source.link, "kind": parsed.kind}
+        try:
+            store = self._store_for_writing()  # here, not in the thread: the generation is renewed before the write
+        except (StoreUnavailable, OSError) as err:
+            self._not_indexed(source, err, report)
+            return
+
+        def write() -> float:
+            t0 = time.perf_counter()
+            store.replace_document(
+                source.doc_id,
+                [c.id for c in chunks],
+                [c.text for c in chunks],
+                prepared.vectors,
+                [c.metadata(doc_fields) for c in chunks],
+            )
+            self._keep_positions(source.doc_id, parsed)
+            return time.perf_counter() - t0
+
+        prepared.future = writer.submit(write)
+        self._pending = prepared
+
+    def _finish_write(self, report: IngestReport) -> None:
+        """Wait for the write in flight, then record its document as indexed (or why not)."""
+        prepared, self._pending = self._pending, None
+        if prepared is None:
+            return
+        source, record = prepared.item.source, prepared.record
+        try:
+            self.timings["store"] += prepared.future.result()
+            t0 = time.perf_counter()
+            record.status = STATUS_OK
+            record.content_hash = prepared.item.content_hash
+            record.index_id = self.settings.index_id()
+            record.chunks = len(prepared.chunks)
+            record.ingested_at = time.time()
+            # Published beside the chunks for other instances of a shared store, then the generation is
+            # renewed again: a reader that caught up in the middle of this write catches up once more.
+            self.store.put_document_record(record.to_dict())
+            self.store.mark_changed()
+            self.timings["store"] += time.perf_counter() - t0
+        except (StoreUnavailable, OSError) as err:
+            self._not_indexed(source, err, report)
+            return
+        self.catalog.upsert(record)
+        report.results.append(
+            DocResult(source.source, INGESTED, source.doc_id, record.title, "", record.pages, len(prepared.chunks))
+        )
+
+    def _warm_up(self) -> None:
+        """Load the embedding model (and import Chroma) while the first documents are parsed: this
+        process waits for the workers' first result anyway, and embedding is the longest part of a
+        cold ingest (a failure here is raised again, properly, by the first embedding)."""
+        embedder = self.embedder
+
+        def load() -> None:
+            with contextlib.suppress(Exception):
+                embedder.model  # noqa: B018 (loads it)
+                import chromadb  # noqa: F401 (the store's first use imports it: a second or so)
+
+        threading.Thread(target=load, name="cove-ingest-warm-up", daemon=True).start()
 
     def _parse_results(self, work: list[_Work]):
         """Yield (work, parsed | None, error | None, seconds, parse report of a failed parse) as
@@ -413,45 +521,15 @@ class IngestPipeline:
             for outcome in supervisor.run(jobs):
                 yield outcome.job.tag, outcome.document, outcome.error, outcome.seconds, outcome.report
 
-    def _index(self, item: _Work, parsed: ParsedDocument, report: IngestReport) -> None:
-        source = item.source
-        self._arxiv_metadata(source)
-        title = plain_text(choose_title(source, parsed), 300)  # shown everywhere: one plain line
-        record = self._record(source, item, parsed, title)
-        record.status = STATUS_PENDING
-        self.catalog.upsert(record)  # before the store: a crash from here on leaves "pending"
-
-        t0 = time.perf_counter()
-        chunks = chunk_document(source.doc_id, parsed, **self._chunk_args())
-        self.timings["chunk"] += time.perf_counter() - t0
-        if not chunks:
-            self._record_failure(source, item.previous, "no text left after cleaning", report)
-            return
-
-        texts, plan = embedding_plan(chunks, title)
-        vectors = self._embed(texts, source.source)[plan]
-        doc_fields = {"title": title, "source": source.source, "url": source.link, "kind": parsed.kind}
-        t0 = time.perf_counter()
-        self._store_for_writing().replace_document(
-            source.doc_id,
-            [c.id for c in chunks],
-            [c.text for c in chunks],
-            vectors,
-            [c.metadata(doc_fields) for c in chunks],
-        )
-        self._keep_positions(source.doc_id, parsed)
-        record.status = STATUS_OK
-        record.content_hash = item.content_hash
-        record.index_id = self.settings.index_id()
-        record.chunks = len(chunks)
-        record.ingested_at = time.time()
-        # Published beside the chunks for other instances of a shared store, then the generation is
-        # renewed again: a reader that caught up in the middle of this write catches up once more.
-        self.store.put_document_record(record.to_dict())
-        self.store.mark_changed()
-        self.timings["store"] += time.perf_counter() - t0
-        self.catalog.upsert(record)
-        report.results.append(DocResult(source.source, INGESTED, source.doc_id, title, "", record.pages, len(chunks)))
+    def _not_indexed(self, source: Source, err: Exception, report: IngestReport) -> None:
+        """A document the store did not take: pending, with the reason, for the re-run. A store that
+        is gone stops the run's other documents too; a full disk, say, costs only this one."""
+        if isinstance(err, StoreUnavailable):
+            reason = self._store_down = f"not indexed: {err}"
+        else:
+            reason = f"not indexed: {getattr(err, 'strerror', None) or err}"
+        self._record_pending(source.doc_id, reason)
+        report.results.append(DocResult(source.source, FAILED, source.doc_id, "", reason))
 
     def _keep_positions(self, doc_id: str, parsed: ParsedDocument) -> None:
         """Store where each word of a PDF is drawn (for highlighting quotes), replacing the old copy."""

@@ -141,13 +141,16 @@ def test_chroma_server_stopped_mid_ingest_then_restarted_loses_and_doubles_nothi
     settings = on_server(tmp_path / "home", chroma.url)
     embedded: list[str] = []
 
-    def kill_during_second_document(event) -> None:
+    def kill_during_third_document(event) -> None:
+        # A document's chunks are written while the next one is embedded, and it is recorded as
+        # indexed once that write is done: when the third starts embedding, the first is surely
+        # recorded and the second is not (its write is in flight or waits to be recorded).
         if event.stage == "embed" and event.source and event.source not in embedded:
             embedded.append(event.source)
-            if len(embedded) == 2:
+            if len(embedded) == 3:
                 chroma.kill()  # as a crash would: no goodbye
 
-    report = ingest(sources(*PAPERS), settings, progress=kill_during_second_document)
+    report = ingest(sources(*PAPERS), settings, progress=kill_during_third_document)
     assert len(report.ingested) == 1, [(r.source, r.status, r.reason) for r in report.results]
     assert len(report.failed) == 2
     for failed in report.failed:
