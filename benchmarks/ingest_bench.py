@@ -12,6 +12,10 @@ threads): on a machine shared with other work, wall time measures the neighbours
 code, while CPU seconds move much less.
 `--sweep` also measures recall and embedding time for several chunk sizes/overlaps (how the
 defaults were chosen).
+`--parse-breakdown` shows where the layout parse's seconds go (one process, no workers), with
+`ingest.content_scan` and with pypdf's own content-stream tokenizer back to back (issue 23):
+opening the file, tokenising content streams, interpreting them (stream decoding, fonts, text
+runs), building lines, and the layout analysis after that.
 """
 
 from __future__ import annotations
@@ -158,6 +162,44 @@ def run_baseline(corpus: Path, workdir: Path, questions: list[dict]) -> dict:
 # --- chunk-size sweep ---------------------------------------------------------------------------------
 
 
+def parse_breakdown(corpus: Path, tokenize: str) -> dict[str, float]:
+    """Seconds per part of the layout parse of every PDF in `corpus`, in this process."""
+    from pypdf import PdfReader
+
+    from ingest import layout, runs
+
+    spent = {"open": 0.0, "tokenise": 0.0, "interpret": 0.0, "lines": 0.0, "layout": 0.0}
+
+    def timed(function, key):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - t0
+
+        return wrapper
+
+    originals = (runs.DocumentCache.operations, layout.page_runs, layout.build_lines)
+    runs.DocumentCache.operations = timed(originals[0], "tokenise")
+    layout.page_runs = timed(originals[1], "interpret")
+    layout.build_lines = timed(originals[2], "lines")
+    try:
+        for pdf in sorted(corpus.glob("*.pdf")):
+            t0 = time.perf_counter()
+            reader = PdfReader(pdf)
+            spent["open"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            layout.analyze_pdf(reader, tokenize=tokenize)
+            spent["layout"] += time.perf_counter() - t0
+    finally:
+        runs.DocumentCache.operations, layout.page_runs, layout.build_lines = originals
+    spent["layout"] -= spent["interpret"] + spent["lines"]
+    spent["interpret"] -= spent["tokenise"]  # page_runs includes tokenising its streams
+    spent["total"] = sum(spent.values())
+    return {k: round(v, 2) for k, v in spent.items()}
+
+
 def sweep(corpus: Path, workdir: Path, questions: list[dict]) -> list[dict]:
     """Cold ingest + recall for chunk sizes and embedding token limits (how the defaults were chosen)."""
     rows = []
@@ -194,11 +236,22 @@ def main() -> None:
     parser.add_argument("--questions", type=Path, default=QUESTIONS)
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--parse-breakdown", action="store_true", help="where the parse's seconds go (issue 23)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     if not args.corpus.is_dir():
         sys.exit(f"corpus not found: {args.corpus} (the shared corpus must sit beside the repo)")
     questions = load_questions(args.questions)
+    if args.parse_breakdown:
+        scan, reference = parse_breakdown(args.corpus, "scan"), parse_breakdown(args.corpus, "pypdf")
+        print("Layout parse, one process, seconds per part (scanner | pypdf's tokenizer):")
+        for key in scan:
+            print(f"  {key:<10} {scan[key]:7.2f} | {reference[key]:7.2f}")
+        print(f"  parse time ratio scanner/pypdf: {scan['total'] / reference['total']:.2f}x")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"scan": scan, "pypdf": reference}, indent=2))
+        return
     pdfs = sorted(args.corpus.glob("*.pdf"))
     print(
         f"Corpus: {len(pdfs)} PDFs, {sum(p.stat().st_size for p in pdfs) / 1e6:.1f} MB; "

@@ -160,6 +160,15 @@ class PostgresLexicalIndex:
             self._mark_dirty(cur)
             self._clear(cur)
 
+    def drop_collections(self, names: list[str]) -> None:
+        """Forget other index identities' rows (their Chroma collections were just dropped)."""
+        if not names:
+            return
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cur:
+            for table in ("cove_lexical_chunks", "cove_lexical_df", "cove_lexical_meta"):
+                cur.execute(f"DELETE FROM {table} WHERE collection = ANY(%s)", (names,))  # table: a constant
+
     def _clear(self, cur) -> None:
         cur.execute("DELETE FROM cove_lexical_chunks WHERE collection = %s", (self.collection,))
         cur.execute("DELETE FROM cove_lexical_df WHERE collection = %s", (self.collection,))

@@ -208,6 +208,8 @@ class ChunkStore:
                 self.client.delete_collection(name)
                 self.meta.delete(where={"collection": name})
                 dropped.append(name)
+        if self.lexical_server is not None:  # the same identities' rows in PostgreSQL
+            self.lexical_server.drop_collections(dropped)
         return dropped
 
     @_remote

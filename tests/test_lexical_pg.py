@@ -102,3 +102,25 @@ def test_deleting_a_document_removes_its_terms(two_homes):
     assert server.generation == store.generation()
     assert not server.search("LoRA low-rank adaptation", 5, {"arxiv-2106.09685"})
     assert len(server) == store.count()
+
+
+def test_a_dropped_index_identity_leaves_no_rows(postgres, tmp_path):
+    """Changed index settings drop the old Chroma collection; its PostgreSQL rows go with it."""
+    import psycopg
+
+    from cove.settings import load_settings
+    from cove.store import ChunkStore
+
+    old = load_settings({"home": str(tmp_path), "lexical": {"postgres_url": postgres.url}})
+    store = ChunkStore(old)
+    store.mark_changed()
+    store.replace_document("note", ["note:0"], ["a note about rotary heads"], [[0.1] * 384],
+                           [{"doc_id": "note", "page_start": 1, "page_end": 1}])  # fmt: skip
+    new = load_settings({"home": str(tmp_path), "lexical": {"postgres_url": postgres.url}, "chunk": {"size": 900}})
+    assert new.collection_name != old.collection_name
+    dropped = ChunkStore(new).drop_other_indexes()
+    assert old.collection_name in dropped
+    with psycopg.connect(postgres.url) as conn:
+        for table in ("cove_lexical_chunks", "cove_lexical_df", "cove_lexical_meta"):
+            left = conn.execute(f"SELECT count(*) FROM {table} WHERE collection = %s", (old.collection_name,))
+            assert left.fetchone()[0] == 0, table
