@@ -195,9 +195,12 @@ class PostgresLexicalIndex:
             (chunks, length, self.collection),
         )
 
-    def _insert(self, cur, rows: Iterable[tuple[str, str, list[str]]]) -> None:
-        """Chunks (id, doc id, terms) in, with their terms' document frequencies and the totals."""
-        df: Counter[str] = Counter()
+    def _insert(self, cur, rows: Iterable[tuple[str, str, list[str]]], df: Counter[str] | None = None) -> None:
+        """Chunks (id, doc id, terms) in, with the totals. Their terms' document frequencies are added to
+        the df table, or counted into `df` for the caller to write once (a rebuild: one upsert per
+        term instead of one per term and batch, which grew with the table)."""
+        write_df = df is None
+        df = Counter() if df is None else df
         chunks = length = 0
         with cur.copy("COPY cove_lexical_chunks (collection, id, doc_id, length, terms) FROM STDIN") as copy:
             for chunk_id, doc_id, terms in rows:
@@ -206,6 +209,14 @@ class PostgresLexicalIndex:
                 chunks += 1
                 length += len(cleaned)
                 copy.write_row((self.collection, chunk_id, doc_id, len(cleaned), _as_tsvector(cleaned)))
+        cur.execute(
+            "UPDATE cove_lexical_meta SET chunks = chunks + %s, length = length + %s WHERE collection = %s",
+            (chunks, length, self.collection),
+        )
+        if write_df:
+            self._add_df(cur, df)
+
+    def _add_df(self, cur, df: Counter[str]) -> None:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS cove_df_in (term text, df integer) ON COMMIT DROP")
         with cur.copy("COPY cove_df_in (term, df) FROM STDIN") as copy:
             for term, n in df.items():
@@ -216,10 +227,6 @@ class PostgresLexicalIndex:
             (self.collection,),
         )
         cur.execute("DROP TABLE cove_df_in")
-        cur.execute(
-            "UPDATE cove_lexical_meta SET chunks = chunks + %s, length = length + %s WHERE collection = %s",
-            (chunks, length, self.collection),
-        )
 
     def rebuild(self, ids: list[str], texts: list[str], generation: str) -> None:
         """Replace every row with these chunks (`lexical_text`s) as of `generation`."""
@@ -227,10 +234,12 @@ class PostgresLexicalIndex:
         with conn.transaction(), conn.cursor() as cur:
             self._mark_dirty(cur)
             self._clear(cur)
+            df: Counter[str] = Counter()
             for start in range(0, len(ids), WRITE_BATCH):
                 batch_ids, batch_texts = ids[start : start + WRITE_BATCH], texts[start : start + WRITE_BATCH]
                 terms = chunk_terms(batch_texts)
-                self._insert(cur, [(i, chunk_doc_id(i), t) for i, t in zip(batch_ids, terms, strict=True)])
+                self._insert(cur, [(i, chunk_doc_id(i), t) for i, t in zip(batch_ids, terms, strict=True)], df)
+            self._add_df(cur, df)
             cur.execute(
                 "UPDATE cove_lexical_meta SET generation = %s WHERE collection = %s", (generation, self.collection)
             )
