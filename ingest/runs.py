@@ -161,7 +161,7 @@ class DocumentCache:
             raise ValueError(f"tokenize must be one of {TOKENIZERS}")
         self.tokenize = tokenize
         self.fonts: dict[Any, _Font | None] = {}
-        self.forms: dict[Any, _Form | None] = {}
+        self.forms: dict[Any, _Form] = {}
 
     def font(self, ref: Any) -> _Font | None:
         from pypdf.generic._font import Font
@@ -186,25 +186,23 @@ class DocumentCache:
             return content.operations
         return list(content_scan.operations(data, READ_OPERATORS))
 
-    def form(self, ref: Any, xobject, reader) -> _Form | None:
+    def form(self, ref: Any, xobject, reader) -> _Form:
         key = _key(ref)
         if key not in self.forms:
             self.forms[key] = self._read_form(xobject, reader)
         return self.forms[key]
 
-    def _read_form(self, xobject, reader) -> _Form | None:
+    def _read_form(self, xobject, reader) -> _Form:
+        """A form's placement and operations; an unreadable stream keeps its region, loses its text."""
         matrix = _numbers(list(xobject.get("/Matrix", IDENTITY)), 6) or list(IDENTITY)
         bbox = _numbers(list(xobject.get("/BBox", [])), 4)
+        operations = None
         try:
             data = xobject.get_data()
-        except Exception:
-            return None
-        operations = None
-        if b"Tj" in data or b"TJ" in data or b"Do" in data or b"'" in data:
-            try:
+            if b"Tj" in data or b"TJ" in data or b"Do" in data or b"'" in data:
                 operations = self.operations(data, reader)
-            except Exception:
-                return None
+        except Exception:
+            operations = None
         return _Form(tuple(matrix), bbox, _dict(xobject.get("/Resources")), operations)
 
 
@@ -345,8 +343,9 @@ class _Interpreter:
         self.forms_seen += 1
         if self.forms_seen > MAX_FORMS:  # hostile or pathological documents: stop descending
             return
-        form = self.cache.form(ref, xobject, self.reader)
-        if form is None:
+        try:
+            form = self.cache.form(ref, xobject, self.reader)
+        except Exception:  # a form whose dictionary cannot be read draws nothing
             return
         form_ctm = mult(form.matrix, ctm)
         inner_region = region
