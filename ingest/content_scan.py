@@ -53,7 +53,7 @@ _OPERATION = re.compile(
     rb"((?:" + _SPACE + rb"*+" + _ITEM + rb")*+)" + _SPACE + rb"*+([A-Za-z'\"][^" + _WS + rb"\x0b" + _DELIM + rb"]*+)",
     re.S,
 )
-_STRUCTURED = re.compile(rb"[()<>\[\]%\\\\]")
+_STRUCTURED = re.compile(rb"[()<>\[\]%\\\\\x00\x0b]")  # NUL and VT: bytes.split and pypdf disagree on them
 # A TJ array holding only strings and numbers (anything else between them: the slow way).
 _SHOWN = re.compile(rb"(\((?:[^()\\]|\\.)*\))|(<[^<>]*>)|([+\-.0-9][+,\-.0-9]*)", re.S)
 _SHOWN_ARRAY = re.compile(

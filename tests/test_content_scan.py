@@ -64,6 +64,7 @@ TRICKY = [
     b"BI /W 5 /H 1 /BPC 8 /CS /G ID \x00EI\xff\x01 EI Q (after) Tj",  # "EI" inside the image data
     b"q BI /W 8 /H 1 /BPC 8 /CS /G ID \x00EIx\xffEI1 EI Q (after) Tj",
     b"1,5 2 Td",  # pypdf reads "1,5" as one (malformed) number: 0
+    b"1\x002 Td",  # NUL separates tokens for pypdf (bytes.split would not split there)
 ]
 
 
