@@ -292,8 +292,8 @@ class Retriever:
 def each_named_paper(chosen: list[Hit], own: dict[str, list[Hit]], k: int) -> list[Hit]:
     """A question that names several papers gets each paper's best passages from its own search
     (`own`: doc id -> its chunks ranked for what is asked of it): `k // papers` of them, at most 2
-    and at least 1. A missing one replaces the last chosen passage of an unnamed paper, else of the named paper with
-    the most passages beyond its share."""
+    and at least 1. A missing one replaces the last chosen passage of an unnamed paper, else of the
+    named paper with the most passages beyond its share."""
     if len(own) < 2 or len(own) > k:
         return chosen
     share = max(1, min(2, k // len(own)))  # passages guaranteed per compared paper

@@ -444,13 +444,13 @@ class IngestPipeline:
         """The chunks into the store and the word positions to disk, in the writer thread."""
         source, parsed, chunks = prepared.item.source, prepared.parsed, prepared.chunks
         if self._store_down is not None:  # the write before this one found the store gone
-            self._not_indexed(source, StoreUnavailable(self._store_down.removeprefix("not indexed: ")), report)
+            self._not_indexed(source, report)
             return
         doc_fields = {"title": prepared.record.title, "source": source.source, "url": source.link, "kind": parsed.kind}
         try:
             store = self._store_for_writing()  # here, not in the thread: the generation is renewed before the write
         except (StoreUnavailable, OSError) as err:
-            self._not_indexed(source, err, report)
+            self._not_indexed(source, report, err)
             return
 
         def write() -> float:
@@ -488,7 +488,7 @@ class IngestPipeline:
             self.store.mark_changed()
             self.timings["store"] += time.perf_counter() - t0
         except (StoreUnavailable, OSError) as err:
-            self._not_indexed(source, err, report)
+            self._not_indexed(source, report, err)
             return
         self.catalog.upsert(record)
         report.results.append(
@@ -521,10 +521,13 @@ class IngestPipeline:
             for outcome in supervisor.run(jobs):
                 yield outcome.job.tag, outcome.document, outcome.error, outcome.seconds, outcome.report
 
-    def _not_indexed(self, source: Source, err: Exception, report: IngestReport) -> None:
+    def _not_indexed(self, source: Source, report: IngestReport, err: Exception | None = None) -> None:
         """A document the store did not take: pending, with the reason, for the re-run. A store that
-        is gone stops the run's other documents too; a full disk, say, costs only this one."""
-        if isinstance(err, StoreUnavailable):
+        is gone (`err` None: it went earlier in this run) stops the run's other documents too; a full
+        disk, say, costs only this one."""
+        if err is None:
+            reason = self._store_down or "not indexed"
+        elif isinstance(err, StoreUnavailable):
             reason = self._store_down = f"not indexed: {err}"
         else:
             reason = f"not indexed: {getattr(err, 'strerror', None) or err}"
