@@ -5,12 +5,22 @@ chunks that is ~17 GB per process and a four-minute rebuild after every change. 
 `lexical.postgres_url` set, the chunks' terms live in PostgreSQL instead, beside the Chroma server:
 a Cove process keeps nothing of them in memory, and a change is written once, by the writer.
 
-What is stored: per chunk its id, document and term count, and a `tsvector` of Cove's own tokens
-(the same normalising, stop words and stemmer as the embedded index, `cove.lexical.tokenize`, put
-in with the `simple` configuration so PostgreSQL changes nothing); per term its document frequency.
-A query is scored by BM25 in the server, exactly: candidates are the chunks holding the query's
-rarest terms (a GIN index finds them), then each candidate's term frequencies come out of its
-`tsvector`. So search fuses as today (`cove.retrieve`): only the engine under the BM25 ranking moved.
+What is stored, per collection:
+- each chunk: its id, document, term count, a number (`num`) and a `tsvector` of Cove's own tokens
+  (the same normalising, stop words and stemmer as the embedded index, `cove.lexical.tokenize`, put in
+  with the `simple` configuration so PostgreSQL changes nothing);
+- each term: its document frequency;
+- each term's *postings*, impact-ordered: the chunks holding it, by their BM25 term weight
+  (tf / (tf + k1 (1 - b + b len / avgdl)), highest first) in blocks of `BLOCK`. Chunks written since
+  the blocks were built sit in unordered *delta* rows (block -1), which every query reads whole; when
+  they (and deleted chunks) pass `COMPACT_SHARE` of the library, the blocks are rebuilt in the server.
+
+A query is scored by BM25 exactly, as the embedded index scores (same idf, k1, b), without reading
+every chunk that holds a common term: the threshold algorithm (Fagin et al.) reads each query term's
+best postings block by block, looks the promising chunks' exact scores up (their `tsvector`), and
+stops when no unread chunk can beat the k-th best score. So search fuses as today (`cove.retrieve`):
+only the engine under the BM25 ranking moved. The average chunk length in the weights is the one of
+the last block build (exact after a rebuild; at most `COMPACT_SHARE` of the library behind).
 
 Consistency follows the store's generation token (`cove.store.ChunkStore.mark_changed`), as the
 embedded index does: the table records the generation its rows belong to; a write first marks the
@@ -31,23 +41,91 @@ from collections.abc import Iterable
 
 from cove.lexical import TOKENIZER_VERSION, LexicalHit, chunk_doc_id, lexical_text, tokenize
 
-K1, B = 1.5, 0.75  # bm25s's defaults: the embedded index ranks with the same
-CANDIDATE_DF = 20_000  # a query's candidates: chunks holding its rarest terms, up to about this many
+K1, B = 1.5, 0.75  # bm25s's defaults (its "lucene" BM25): the embedded index ranks with the same
+LAYOUT = 2  # bump when the tables' layout changes: older rows are then rebuilt from the chunk store
+BLOCK = 1024  # postings per impact-ordered block: what one step of a query reads of a term
+COMPACT_SHARE = 0.1  # rebuild the blocks when this share of the library was written or deleted since
+MINOR_TERM = 0.02  # a term that can add less than this share of the most any term can add waits
+LOOKUP_LIMIT = 1024  # a query looks exact scores up once, for at most this many chunks (or for ties)
 WRITE_BATCH = 2_000
 _LOCK_KEY = 0x636F7665  # "cove": the advisory lock a rebuild holds
+_ROUNDING = 1 + 1e-6  # weights are stored as float4: bounds allow for their rounding
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cove_lexical_chunks (
     collection text NOT NULL, id text NOT NULL, doc_id text NOT NULL, length integer NOT NULL,
     terms tsvector NOT NULL, PRIMARY KEY (collection, id));
-CREATE INDEX IF NOT EXISTS cove_lexical_terms_gin ON cove_lexical_chunks USING gin (terms);
+ALTER TABLE cove_lexical_chunks ADD COLUMN IF NOT EXISTS num bigint GENERATED ALWAYS AS IDENTITY;
+CREATE UNIQUE INDEX IF NOT EXISTS cove_lexical_num ON cove_lexical_chunks (num);
 CREATE INDEX IF NOT EXISTS cove_lexical_doc ON cove_lexical_chunks (collection, doc_id);
+DROP INDEX IF EXISTS cove_lexical_terms_gin;
 CREATE TABLE IF NOT EXISTS cove_lexical_df (
     collection text NOT NULL, term text NOT NULL, df integer NOT NULL, PRIMARY KEY (collection, term));
+CREATE TABLE IF NOT EXISTS cove_lexical_postings (
+    collection text NOT NULL, term text NOT NULL, block integer NOT NULL, postings bytea NOT NULL);
+ALTER TABLE cove_lexical_postings ALTER COLUMN postings SET STORAGE EXTERNAL;
+CREATE INDEX IF NOT EXISTS cove_lexical_postings_term ON cove_lexical_postings (collection, term, block);
 CREATE TABLE IF NOT EXISTS cove_lexical_meta (
     collection text PRIMARY KEY, generation text NOT NULL, chunks bigint NOT NULL, length bigint NOT NULL,
     tokenizer integer NOT NULL);
+ALTER TABLE cove_lexical_meta ADD COLUMN IF NOT EXISTS layout integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS avgdl double precision NOT NULL DEFAULT 1,
+    ADD COLUMN IF NOT EXISTS blocked bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS changed bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS first_num bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS last_num bigint NOT NULL DEFAULT 0;
 """
+_SCHEMA_READY = """
+SELECT to_regclass('cove_lexical_postings_term') IS NOT NULL AND to_regclass('cove_lexical_terms_gin') IS NULL
+   AND EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_name = 'cove_lexical_meta' AND column_name = 'last_num')
+   AND EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_name = 'cove_lexical_chunks' AND column_name = 'num')
+"""
+TABLES = ("cove_lexical_chunks", "cove_lexical_df", "cove_lexical_postings", "cove_lexical_meta")
+
+# A chunk's BM25 weight for a term, from the term's positions in the chunk's tsvector (`t`) and the
+# chunk's length (`c`): the one formula the blocks, the delta rows and the exact scores share.
+_TF = "array_length(t.positions, 1)::float8"
+_WEIGHT = f"({_TF} / ({_TF} + {K1} * (1 - {B} + {B} * c.length / %(avgdl)s)))"
+
+# A posting, packed: the chunk's number (int8) and its weight for the term (float4), big-endian, so a
+# block arrives as one bytes object that numpy reads without converting a value (`POSTING`).
+_PACKED = "int8send(num) || float4send(weight)"
+POSTING = [("num", ">i8"), ("weight", ">f4")]
+
+# Every chunk's postings, highest weight first, cut into blocks.
+_BLOCKS = f"""
+INSERT INTO cove_lexical_postings (collection, term, block, postings)
+SELECT %(collection)s, term, (rank - 1) / {BLOCK}, string_agg({_PACKED}, ''::bytea ORDER BY rank)
+FROM (SELECT term, num, weight, row_number() OVER (PARTITION BY term ORDER BY weight DESC, num) AS rank
+      FROM (SELECT t.lexeme AS term, c.num, {_WEIGHT}::real AS weight
+            FROM cove_lexical_chunks c CROSS JOIN LATERAL unnest(c.terms) t
+            WHERE c.collection = %(collection)s) AS weighted) AS ranked
+GROUP BY term, (rank - 1) / {BLOCK}
+"""
+
+# Delta rows: a document's chunks just written, one row per term, read whole by every query.
+_DELTA = f"""
+INSERT INTO cove_lexical_postings (collection, term, block, postings)
+SELECT %(collection)s, term, -1, string_agg({_PACKED}, ''::bytea)
+FROM (SELECT t.lexeme AS term, c.num, {_WEIGHT}::real AS weight
+      FROM cove_lexical_chunks c CROSS JOIN LATERAL unnest(c.terms) t
+      WHERE c.collection = %(collection)s AND c.doc_id = %(doc_id)s) AS weighted
+GROUP BY term
+"""
+
+# Exact BM25 scores of some chunks (`{source}` names them): each chunk's tsvector cut down to the
+# query's terms in the server's C code (setweight marks them, ts_filter keeps them), then summed.
+_SCORES = f"""
+SELECT c.num, c.id, sum(q.idf * {_WEIGHT}) AS score
+FROM {{source}} c
+CROSS JOIN LATERAL unnest(ts_filter(setweight(c.terms, 'A', %(terms)s::text[]), '{{{{a}}}}')) t
+JOIN unnest(%(terms)s::text[], %(idf)s::float8[]) AS q(term, idf) ON q.term = t.lexeme
+GROUP BY c.num, c.id
+"""
+_BY_NUM = "(SELECT * FROM cove_lexical_chunks WHERE collection = %(collection)s AND num = ANY(%(nums)s))"
+_BY_DOC = "(SELECT * FROM cove_lexical_chunks WHERE collection = %(collection)s AND doc_id = ANY(%(docs)s))"
 
 
 class PostgresUnavailable(RuntimeError):
@@ -60,7 +138,7 @@ def chunk_terms(texts: list[str]) -> list[list[str]]:
 
 
 def _lexeme(term: str) -> str:
-    """A token as a quoted tsquery/tsvector lexeme: nothing in a document's text can become an operator."""
+    """A token as a quoted tsvector lexeme: nothing in a document's text can become an operator."""
     return "'" + term.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
@@ -77,8 +155,13 @@ class PostgresLexicalIndex:
         self.timeout_s = timeout_s
         self._dirty = f"dirty:{uuid.uuid4().hex}"  # this writer's marker while its write is under way
         self._local = threading.local()
-        with self._cursor() as cur:
-            cur.execute(SCHEMA)
+        conn = self._connection()
+        with conn.transaction(), conn.cursor() as cur:
+            # Schema changes lock the tables: only when something is missing, one instance at a time.
+            cur.execute(_SCHEMA_READY)
+            if not cur.fetchone()[0]:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY + 1,))
+                cur.execute(SCHEMA)
 
     # --- connection -------------------------------------------------------------------------------
     def _connection(self):
@@ -108,11 +191,14 @@ class PostgresLexicalIndex:
     # --- state ------------------------------------------------------------------------------------
     @property
     def generation(self) -> str | None:
-        """The store generation the rows belong to (None: never built, built by another tokenizer, or dirty)."""
+        """The store generation the rows belong to (None: never built, built by another tokenizer or
+        layout, or dirty)."""
         with self._cursor() as cur:
-            cur.execute("SELECT generation, tokenizer FROM cove_lexical_meta WHERE collection = %s", (self.collection,))
+            cur.execute(
+                "SELECT generation, tokenizer, layout FROM cove_lexical_meta WHERE collection = %s", (self.collection,)
+            )
             row = cur.fetchone()
-        if row is None or row[1] != TOKENIZER_VERSION or row[0].startswith("dirty:"):
+        if row is None or (row[1], row[2]) != (TOKENIZER_VERSION, LAYOUT) or row[0].startswith("dirty:"):
             return None
         return row[0]
 
@@ -125,9 +211,9 @@ class PostgresLexicalIndex:
     # --- writing (the writer holds the home's writer lock) ----------------------------------------
     def _mark_dirty(self, cur) -> None:
         cur.execute(
-            "INSERT INTO cove_lexical_meta VALUES (%s, %s, 0, 0, %s) "
-            "ON CONFLICT (collection) DO UPDATE SET generation = EXCLUDED.generation",
-            (self.collection, self._dirty, TOKENIZER_VERSION),
+            "INSERT INTO cove_lexical_meta (collection, generation, chunks, length, tokenizer, layout) "
+            "VALUES (%s, %s, 0, 0, %s, %s) ON CONFLICT (collection) DO UPDATE SET generation = EXCLUDED.generation",
+            (self.collection, self._dirty, TOKENIZER_VERSION, LAYOUT),
         )
 
     def advance(self, previous: str, token: str) -> None:
@@ -147,12 +233,15 @@ class PostgresLexicalIndex:
             self._delete(cur, doc_id)
             terms = chunk_terms([lexical_text(t, m) for t, m in zip(texts, metadatas, strict=True)])
             self._insert(cur, [(i, doc_id, t) for i, t in zip(ids, terms, strict=True)])
+            cur.execute(_DELTA, {"collection": self.collection, "doc_id": doc_id, "avgdl": self._avgdl(cur)})
+            self._compact_if_due(cur)
 
     def delete_document(self, doc_id: str) -> None:
         conn = self._connection()
         with conn.transaction(), conn.cursor() as cur:
             self._mark_dirty(cur)
             self._delete(cur, doc_id)
+            self._compact_if_due(cur)
 
     def reset(self) -> None:
         conn = self._connection()
@@ -166,15 +255,21 @@ class PostgresLexicalIndex:
             return
         conn = self._connection()
         with conn.transaction(), conn.cursor() as cur:
-            for table in ("cove_lexical_chunks", "cove_lexical_df", "cove_lexical_meta"):
+            for table in TABLES:
                 cur.execute(f"DELETE FROM {table} WHERE collection = ANY(%s)", (names,))  # table: a constant
 
     def _clear(self, cur) -> None:
-        cur.execute("DELETE FROM cove_lexical_chunks WHERE collection = %s", (self.collection,))
-        cur.execute("DELETE FROM cove_lexical_df WHERE collection = %s", (self.collection,))
-        cur.execute("UPDATE cove_lexical_meta SET chunks = 0, length = 0 WHERE collection = %s", (self.collection,))
+        for table in TABLES[:-1]:
+            cur.execute(f"DELETE FROM {table} WHERE collection = %s", (self.collection,))  # table: a constant
+        cur.execute(
+            "UPDATE cove_lexical_meta SET chunks = 0, length = 0, avgdl = 1, blocked = 0, changed = 0 "
+            "WHERE collection = %s",
+            (self.collection,),
+        )
 
     def _delete(self, cur, doc_id: str) -> None:
+        """A document's chunks out (their postings stay until the next block build: a posting of a
+        chunk that is gone is skipped when its score is looked up)."""
         cur.execute(
             "SELECT count(*), coalesce(sum(length), 0) FROM cove_lexical_chunks WHERE collection = %s AND doc_id = %s",
             (self.collection, doc_id),
@@ -191,8 +286,9 @@ class PostgresLexicalIndex:
         cur.execute("DELETE FROM cove_lexical_df WHERE collection = %s AND df <= 0", (self.collection,))
         cur.execute("DELETE FROM cove_lexical_chunks WHERE collection = %s AND doc_id = %s", (self.collection, doc_id))
         cur.execute(
-            "UPDATE cove_lexical_meta SET chunks = chunks - %s, length = length - %s WHERE collection = %s",
-            (chunks, length, self.collection),
+            "UPDATE cove_lexical_meta SET chunks = chunks - %s, length = length - %s, changed = changed + %s "
+            "WHERE collection = %s",
+            (chunks, length, chunks, self.collection),
         )
 
     def _insert(self, cur, rows: Iterable[tuple[str, str, list[str]]], df: Counter[str] | None = None) -> None:
@@ -209,9 +305,13 @@ class PostgresLexicalIndex:
                 chunks += 1
                 length += len(cleaned)
                 copy.write_row((self.collection, chunk_id, doc_id, len(cleaned), _as_tsvector(cleaned)))
+        # Chunk numbers only grow: the collection's highest so far bounds the ones a query can meet
+        # (found from the last one known up, through the index on the numbers).
         cur.execute(
-            "UPDATE cove_lexical_meta SET chunks = chunks + %s, length = length + %s WHERE collection = %s",
-            (chunks, length, self.collection),
+            "UPDATE cove_lexical_meta m SET chunks = chunks + %s, length = length + %s, changed = changed + %s, "
+            "last_num = greatest(m.last_num, (SELECT max(c.num) FROM cove_lexical_chunks c "
+            "WHERE c.num > m.last_num AND c.collection = m.collection)) WHERE m.collection = %s",
+            (chunks, length, chunks, self.collection),
         )
         if write_df:
             self._add_df(cur, df)
@@ -228,6 +328,42 @@ class PostgresLexicalIndex:
         )
         cur.execute("DROP TABLE cove_df_in")
 
+    def _avgdl(self, cur) -> float:
+        cur.execute("SELECT avgdl FROM cove_lexical_meta WHERE collection = %s", (self.collection,))
+        return float(cur.fetchone()[0])
+
+    def _compact_if_due(self, cur) -> None:
+        """Rebuild the blocks when the chunks written or deleted since pass `COMPACT_SHARE` of them (a
+        small library is rebuilt at every write; a large one seldom, and its queries stay fast)."""
+        cur.execute("SELECT changed, blocked FROM cove_lexical_meta WHERE collection = %s", (self.collection,))
+        changed, blocked = cur.fetchone()
+        if changed > COMPACT_SHARE * blocked:
+            self._build_blocks(cur)
+
+    def _build_blocks(self, cur) -> None:
+        """Every chunk's postings, impact-ordered into blocks, in one statement in the server; the
+        average chunk length is fixed here for the weights until the next build."""
+        cur.execute("SELECT chunks, length FROM cove_lexical_meta WHERE collection = %s", (self.collection,))
+        chunks, length = cur.fetchone()
+        avgdl = max(1.0, length / chunks) if chunks else 1.0
+        cur.execute("SET LOCAL work_mem = '256MB'")  # the sort by term and weight: in memory where it fits
+        cur.execute(
+            "SELECT coalesce(min(num), 0), coalesce(max(num), 0) FROM cove_lexical_chunks WHERE collection = %s",
+            (self.collection,),
+        )
+        first, last = cur.fetchone()
+        if last - first + 1 > 2 * max(chunks, 1):  # numbers spread thin by rewrites: number the chunks afresh
+            cur.execute("UPDATE cove_lexical_chunks SET num = DEFAULT WHERE collection = %s", (self.collection,))
+            cur.execute("SELECT min(num), max(num) FROM cove_lexical_chunks WHERE collection = %s", (self.collection,))
+            first, last = cur.fetchone()
+        cur.execute("DELETE FROM cove_lexical_postings WHERE collection = %s", (self.collection,))
+        cur.execute(_BLOCKS, {"collection": self.collection, "avgdl": avgdl})
+        cur.execute(
+            "UPDATE cove_lexical_meta SET avgdl = %s, blocked = chunks, changed = 0, first_num = %s, "
+            "last_num = greatest(last_num, %s) WHERE collection = %s",
+            (avgdl, first, last, self.collection),
+        )
+
     def rebuild(self, ids: list[str], texts: list[str], generation: str) -> None:
         """Replace every row with these chunks (`lexical_text`s) as of `generation`."""
         conn = self._connection()
@@ -240,8 +376,10 @@ class PostgresLexicalIndex:
                 terms = chunk_terms(batch_texts)
                 self._insert(cur, [(i, chunk_doc_id(i), t) for i, t in zip(batch_ids, terms, strict=True)], df)
             self._add_df(cur, df)
+            self._build_blocks(cur)
             cur.execute(
-                "UPDATE cove_lexical_meta SET generation = %s WHERE collection = %s", (generation, self.collection)
+                "UPDATE cove_lexical_meta SET generation = %s, layout = %s WHERE collection = %s",
+                (generation, LAYOUT, self.collection),
             )
 
     def sync(self, store, generation: str) -> None:
@@ -260,55 +398,188 @@ class PostgresLexicalIndex:
     # --- search -----------------------------------------------------------------------------------
     def search(self, query: str, k: int = 20, doc_ids: set[str] | None = None) -> list[LexicalHit]:
         """BM25 top-k chunks; with `doc_ids`, only chunks of those documents."""
-        terms = sorted({_clean(t) for t in chunk_terms([query])[0]})
-        if not terms or k <= 0:
+        if k <= 0:
             return []
-        with self._cursor() as cur:
-            cur.execute(
-                "SELECT chunks, length FROM cove_lexical_meta WHERE collection = %s", (self.collection,)
-            )
-            row = cur.fetchone()
-            if not row or not row[0]:
+        conn = self._connection()
+        # One snapshot for the statistics, the postings and the scores: a write committing mid-query
+        # cannot mix two states of the library.
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            scorer = self.scorer(cur, query)
+            if scorer is None:
                 return []
-            total, length = int(row[0]), int(row[1])
-            cur.execute(
-                "SELECT term, df FROM cove_lexical_df WHERE collection = %s AND term = ANY(%s)",
-                (self.collection, terms),
-            )
-            df = dict(cur.fetchall())
-            if not df:
-                return []
-            idf = {t: math.log(1 + (total - n + 0.5) / (n + 0.5)) for t, n in df.items()}
-            wanted = _candidate_terms(df) if doc_ids is None else sorted(df)
-            where, params = "c.collection = %s AND c.terms @@ to_tsquery('simple', %s)", [
-                self.collection, " | ".join(_lexeme(t) for t in wanted)]  # fmt: skip
-            if doc_ids is not None:
-                where += " AND c.doc_id = ANY(%s)"
-                params.append(sorted(doc_ids))
-            # Each candidate's tsvector cut down to the query's terms (setweight marks them, ts_filter
-            # keeps them) in the server's C code, then BM25 over their term frequencies.
-            cur.execute(
-                "SELECT c.id, sum(q.idf * (array_length(t.positions, 1) * %s) / "
-                "(array_length(t.positions, 1) + %s * (1 - %s + %s * c.length / %s))) AS score "
-                "FROM cove_lexical_chunks c "
-                "CROSS JOIN LATERAL unnest(ts_filter(setweight(c.terms, 'A', %s::text[]), '{a}')) t "
-                "JOIN unnest(%s::text[], %s::float8[]) AS q(term, idf) ON q.term = t.lexeme "
-                f"WHERE {where} GROUP BY c.id ORDER BY score DESC, c.id LIMIT %s",
-                [K1 + 1, K1, B, B, max(1.0, length / total), list(idf), list(idf), list(idf.values()), *params, k],
-            )
-            return [LexicalHit(chunk_id, float(score)) for chunk_id, score in cur.fetchall() if score > 0]
+            ranked = scorer.documents(sorted(doc_ids)) if doc_ids is not None else ThresholdSearch(scorer, k).run()
+        ranked.sort(key=lambda hit: (-hit[1], hit[0]))
+        return [LexicalHit(chunk_id, score) for chunk_id, score in ranked[:k] if score > 0]
+
+    def scorer(self, cur, query: str) -> _Scorer | None:
+        """The query's terms with their idf and the collection's statistics, in one read (None: no
+        term of the query is in the library)."""
+        counts = Counter(_clean(t) for t in chunk_terms([query])[0])
+        if not counts:
+            return None
+        cur.execute(
+            "SELECT m.chunks, m.avgdl, m.first_num, m.last_num, d.term, d.df FROM cove_lexical_meta m "
+            "LEFT JOIN cove_lexical_df d ON d.collection = m.collection AND d.term = ANY(%s) "
+            "WHERE m.collection = %s",
+            (sorted(counts), self.collection),
+        )
+        rows = cur.fetchall()
+        if not rows or not rows[0][0]:
+            return None
+        total, avgdl, first_num, last_num = int(rows[0][0]), float(rows[0][1]), int(rows[0][2]), int(rows[0][3])
+        # As bm25s does: a term asked twice counts twice.
+        idf = {t: counts[t] * math.log(1 + (total - n + 0.5) / (n + 0.5)) for *_, t, n in rows if t}
+        return _Scorer(cur, self.collection, idf, avgdl, (first_num, last_num)) if idf else None
 
 
-def _candidate_terms(df: dict[str, int]) -> list[str]:
-    """The query's rarest terms, up to about `CANDIDATE_DF` chunks holding them (at least one term):
-    a chunk holding none of them holds only common terms, and BM25 ranks it low anyway."""
-    chosen, covered = [], 0
-    for term in sorted(df, key=lambda t: (df[t], t)):
-        if chosen and covered + df[term] > CANDIDATE_DF:
-            break
-        chosen.append(term)
-        covered += df[term]
-    return chosen
+class _Scorer:
+    """The reads one query makes: exact scores of chunks, and postings blocks."""
+
+    def __init__(self, cur, collection: str, idf: dict[str, float], avgdl: float, nums: tuple[int, int]) -> None:
+        self.cur = cur
+        self.idf = idf
+        self.nums = nums  # the collection's first and last chunk numbers
+        self.lookups = 0  # exact-score lookups made (for tests and benchmarks)
+        self.blocks_read = 0
+        self._params = {"collection": collection, "terms": list(idf), "idf": list(idf.values()), "avgdl": avgdl}
+
+    def exact(self, nums: list[int]) -> dict[int, tuple[str, float]]:
+        """{num: (chunk id, BM25 score)} of the chunks that still exist among `nums`."""
+        self.lookups += 1
+        self.cur.execute(_SCORES.format(source=_BY_NUM), {**self._params, "nums": nums})
+        return {num: (chunk_id, float(score)) for num, chunk_id, score in self.cur.fetchall()}
+
+    def documents(self, doc_ids: list[str]) -> list[tuple[str, float]]:
+        """Every chunk of these documents holding a query term, with its score."""
+        self.cur.execute(_SCORES.format(source=_BY_DOC), {**self._params, "docs": doc_ids})
+        return [(chunk_id, float(score)) for _, chunk_id, score in self.cur.fetchall()]
+
+    def blocks(self, wanted: dict[str, tuple[int, int]], delta: bool) -> list[tuple[str, int, bytes]]:
+        """Blocks `first` to `first + count - 1` of each term in `wanted` ({term: (first, count)}), and
+        with `delta` every term's delta rows (block -1), as (term, block, packed postings)."""
+        terms = list(wanted)
+        firsts = [first for first, _ in wanted.values()]
+        counts = [count for _, count in wanted.values()]
+        if delta:
+            terms, firsts, counts = terms + list(self.idf), firsts + [-1] * len(self.idf), counts + [1] * len(self.idf)
+        self.cur.execute(
+            "SELECT p.term, p.block, p.postings FROM unnest(%(terms)s::text[], %(firsts)s::int[], %(counts)s::int[]) "
+            "AS w(term, first, count) JOIN cove_lexical_postings p ON p.collection = %(collection)s "
+            "AND p.term = w.term AND p.block >= w.first AND p.block < w.first + w.count ORDER BY p.term, p.block",
+            {"collection": self._params["collection"], "terms": terms, "firsts": firsts, "counts": counts},
+            binary=True,
+        )
+        rows = self.cur.fetchall()
+        self.blocks_read += sum(1 for row in rows if row[1] >= 0)
+        return rows
+
+
+class ThresholdSearch:
+    """The exact BM25 top-k from impact-ordered postings, without scoring every chunk that holds a
+    query term (Fagin's threshold algorithm, "no random access" variant, in numpy).
+
+    Each step reads the next blocks of every term not read to its end (twice as many as the step
+    before). A chunk seen so far has a partial score: its lower bound. What it could still gain is
+    bounded by the weight at which each other term's unread postings start (that term's *frontier*):
+    partial + those frontiers is its upper bound. The top k is settled when the k-th best lower bound
+    is at least what a chunk seen nowhere yet could reach (the sum of the frontiers), and at most
+    `LOOKUP_LIMIT` chunks have an upper bound that reaches it. Only then are scores looked up, exactly,
+    for those chunks (their ids come with them; a chunk deleted since the blocks were built is dropped
+    and the search goes on).
+    Delta rows (chunks written since the blocks were built) are read whole at the first step: their
+    sums are complete."""
+
+    def __init__(self, scorer: _Scorer, k: int) -> None:
+        import numpy as np
+
+        self.np = np
+        self.scorer = scorer
+        self.k = k
+        self.terms = list(scorer.idf)
+        self.idf = np.array([scorer.idf[t] for t in self.terms])
+        self.index = {t: i for i, t in enumerate(self.terms)}
+        self.next_block = [0] * len(self.terms)
+        # No unread posting of a term weighs more than its frontier; before any is read: 1, the most
+        # a BM25 weight tf / (tf + k1 (...)) can approach.
+        self.frontier = np.ones(len(self.terms))
+        self.width = 1  # blocks per term the next step reads
+        # Per chunk, by its number (from the collection's first, up to its last: a block build keeps
+        # them dense): the partial score, which terms it was seen in, whether it is a delta chunk.
+        self.first, last = scorer.nums
+        span = max(0, last - self.first + 1)
+        self.lower = np.zeros(span)
+        self.seen = np.zeros((len(self.terms), span), dtype=bool)  # term-major: one row per term
+        self.complete = np.zeros(span, dtype=bool)  # delta chunks and chunks found gone: nothing to add
+        self.gone = np.zeros(span, dtype=bool)
+
+    def run(self) -> list[tuple[str, float]]:
+        first = True
+        while True:
+            if first or (self.frontier > 0).any():
+                self._read_blocks(first)
+                first = False
+            settled = self._settled()
+            if settled is None:
+                continue
+            found = self.scorer.exact([int(n) + self.first for n in settled])
+            missing = [n for n in settled if int(n) + self.first not in found]
+            if not missing:
+                return list(found.values())
+            self.gone[missing] = True  # deleted since the blocks were built: look again without them
+
+    def _read_blocks(self, with_delta: bool) -> None:
+        np = self.np
+        # Terms whose unread postings could add next to nothing (a word in every chunk: idf ~ 0) are
+        # read only once the others are down to their level; until then their bound covers them.
+        gain = self.idf * self.frontier
+        worth = [t for t, i in self.index.items() if gain[i] > 0 and gain[i] >= MINOR_TERM * gain.max()]
+        open_terms = [t for t, i in self.index.items() if self.frontier[i] > 0 and t in worth]
+        wanted = {t: (self.next_block[self.index[t]], self.width) for t in open_terms}
+        read_to = {}
+        for term, block, packed in self.scorer.blocks(wanted, with_delta):
+            i = self.index[term]
+            postings = np.frombuffer(packed, dtype=POSTING)
+            at = postings["num"].astype(np.int64) - self.first
+            inside = (at >= 0) & (at < len(self.lower))  # always, in one snapshot; a stray row cannot index out
+            at = at[inside]
+            self.lower[at] += self.idf[i] * postings["weight"][inside].astype(np.float64)
+            self.seen[i, at] = True
+            if block < 0:
+                self.complete[at] = True
+                continue
+            read_to[term] = (block, postings["weight"][-1] if len(postings) == BLOCK else 0.0)
+        for term in open_terms:
+            i = self.index[term]
+            block, last = read_to.get(term, (None, 0.0))
+            full = block is not None and block == self.next_block[i] + self.width - 1
+            self.frontier[i] = float(last) * _ROUNDING if full else 0.0  # else: no block left
+            self.next_block[i] += self.width
+        self.width *= 4  # few steps: each costs a pass over the chunks seen
+
+    def _settled(self) -> list[int] | None:
+        """The top k (and any chunk tied with it), as offsets from the first chunk number, once no
+        other chunk can enter it; None while more blocks must be read."""
+        np = self.np
+        at = np.flatnonzero((self.lower > 0) & ~self.gone)  # every weight and idf is > 0
+        lower = self.lower[at]
+        open_gain = self.idf * np.where(self.frontier > 0, self.frontier, 0.0)
+        unseen = float(open_gain.sum())
+        if len(at) <= self.k:
+            return list(at) if unseen == 0 else None
+        kth = float(np.partition(lower, len(lower) - self.k)[len(lower) - self.k])
+        if unseen > kth:  # a chunk seen nowhere yet could still beat the k-th: read on
+            return None
+        near = lower * _ROUNDING + unseen >= kth  # the others cannot reach the k-th best, whatever they lack
+        at, lower = at[near], lower[near]
+        rest = np.zeros(len(at))  # what each chunk could still gain: the open terms it was not seen in
+        for i in np.flatnonzero(open_gain > 0):
+            np.add(rest, open_gain[i], out=rest, where=~self.seen[i, at])
+        rest[self.complete[at]] = 0.0
+        contenders = lower * _ROUNDING + rest >= kth
+        if unseen > 0 and contenders.sum() > LOOKUP_LIMIT:  # cheaper to read on than to look all up
+            return None
+        return list(at[contenders])
 
 
 def _as_tsvector(terms: list[str]) -> str:

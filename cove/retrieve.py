@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,8 +147,13 @@ class Retriever:
         self._names: dict[str, set[str]] = {}
         self._aliases: dict[str, list[str]] = {}
         self._names_generation: str | None = None
+        # The BM25 search runs on this thread while the dense one runs on the caller's: with the
+        # lexical index on PostgreSQL and Chroma on a server, both mostly wait on a socket. One
+        # long-lived thread keeps its PostgreSQL connection (connections are per thread).
+        self._lexical_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cove-bm25")
 
     def close(self) -> None:
+        self._lexical_thread.shutdown(wait=False)
         self.catalog.close()
 
     # --- keeping up with the store -------------------------------------------------------------------
@@ -228,6 +234,10 @@ class Retriever:
             vector = np.asarray(chunk.embedding, dtype=np.float32)
             hits[chunk.id] = Hit(chunk.id, chunk.text, chunk.metadata, float(vector @ query_vector), vector=vector)
 
+    def _lexical_search(self, query: str, k: int, doc_ids: set[str] | None = None) -> Future:
+        """The BM25 top k, searched on the lexical thread while the caller goes on."""
+        return self._lexical_thread.submit(self._lexical.search, query, k, doc_ids)
+
     def _search(self, query: str, k: int | None, mode: str | None) -> RetrievalResult:
         import numpy as np
 
@@ -236,6 +246,7 @@ class Retriever:
         mode = mode or cfg.mode
         started = time.perf_counter()
         self.store.catch_up()  # an ingest in another process since the last search: load its vectors
+        lexical_search = self._lexical_search(query, cfg.candidates) if mode in ("hybrid", "lexical") else None
         query_vector = np.asarray(self.embedder.embed([query])[0], dtype=np.float32)
 
         rankings: list[list[str]] = []
@@ -245,8 +256,8 @@ class Retriever:
             for chunk in dense:
                 hits[chunk.id] = Hit(chunk.id, chunk.text, chunk.metadata, chunk.score, vector=chunk.embedding)
             rankings.append([c.id for c in dense])
-        if mode in ("hybrid", "lexical"):
-            lexical = self._lexical.search(query, cfg.candidates)
+        if lexical_search is not None:
+            lexical = lexical_search.result()
             self._add_missing(hits, [h.id for h in lexical], query_vector)
             for rank, lex in enumerate(lexical, start=1):
                 if lex.id in hits:
@@ -264,13 +275,14 @@ class Retriever:
             for doc_id in sorted(named):
                 asked = asked_of.get(doc_id, query)
                 vector = query_vector if asked == query else np.asarray(self.embedder.embed([asked])[0], np.float32)
+                lexical_search = self._lexical_search(asked, cfg.candidates, {doc_id})
                 dense_named = self.store.query(
                     vector.tolist(), cfg.candidates, where={"doc_id": doc_id}, with_embeddings=True
                 )
                 for chunk in dense_named:
                     if chunk.id not in hits:
                         hits[chunk.id] = Hit(chunk.id, chunk.text, chunk.metadata, chunk.score, vector=chunk.embedding)
-                lexical_named = [h.id for h in self._lexical.search(asked, cfg.candidates, {doc_id})]
+                lexical_named = [h.id for h in lexical_search.result()]
                 self._add_missing(hits, lexical_named, query_vector)
                 pair = [[c.id for c in dense_named], [i for i in lexical_named if i in hits]]
                 rankings += pair

@@ -124,3 +124,99 @@ def test_a_dropped_index_identity_leaves_no_rows(postgres, tmp_path):
         for table in ("cove_lexical_chunks", "cove_lexical_df", "cove_lexical_meta"):
             left = conn.execute(f"SELECT count(*) FROM {table} WHERE collection = %s", (old.collection_name,))
             assert left.fetchone()[0] == 0, table
+
+
+def _synthetic_library(seed: int, docs: int, chunks_per_doc: int):
+    """Chunks of made-up words drawn by a Zipf law: the common ones fill several postings blocks."""
+    import random
+
+    rng = random.Random(seed)
+    words = [f"t{i:03d}x" for i in range(400)]
+    zipf = [1 / (rank + 1) for rank in range(len(words))]
+
+    def chunk() -> str:
+        return " ".join(rng.choices(words, weights=zipf, k=rng.randint(5, 80)))
+
+    library = {f"doc{d}": [chunk() for _ in range(chunks_per_doc)] for d in range(docs)}
+    queries = [" ".join(rng.choices(words, weights=zipf, k=rng.randint(1, 6))) for _ in range(40)]
+    return library, queries, chunk
+
+
+def _every_chunk_scored(index, query: str) -> list[tuple[str, float]]:
+    """The reference: every chunk of the collection holding a query term, scored, best first."""
+    conn = index._connection()
+    with conn.transaction(), conn.cursor() as cur:
+        scorer = index.scorer(cur, query)
+        cur.execute("SELECT DISTINCT doc_id FROM cove_lexical_chunks WHERE collection = %s", (index.collection,))
+        ranked = scorer.documents([d for (d,) in cur.fetchall()])
+    return sorted(ranked, key=lambda hit: (-hit[1], hit[0]))
+
+
+def _untied(hits: list[tuple[str, float]], tied: set[float]) -> list[str]:
+    return [chunk_id for chunk_id, score in hits if round(score, 9) not in tied]
+
+
+def test_the_threshold_search_finds_the_exact_top_k_through_writes_and_deletes(postgres):
+    """The top k read from impact-ordered blocks is the top k of scoring every chunk: right after a
+    block build, with delta rows written since, and with chunks deleted since (their postings still
+    in the blocks), while reading only part of the common terms' postings."""
+    from cove.lexical_pg import BLOCK, PostgresLexicalIndex, ThresholdSearch
+
+    index = PostgresLexicalIndex(postgres.url, "threshold-search")
+    library, queries, chunk = _synthetic_library(seed=7, docs=60, chunks_per_doc=50)
+    ids = [f"{doc}:{i}" for doc, texts in library.items() for i in range(len(texts))]
+    index.rebuild(ids, [t for texts in library.values() for t in texts], "g1")
+
+    def same_as_every_chunk_scored(stage: str) -> None:
+        for query in queries:
+            got = [(h.id, h.score) for h in index.search(query, 10)]
+            want = _every_chunk_scored(index, query)[:10]
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-9), (stage, query)
+            # Chunks with equal scores (summed in another order: equal to ~1e-15) may come in any order.
+            rounded = [round(s, 9) for _, s in want]
+            tied = {s for s in rounded if rounded.count(s) > 1}
+            assert _untied(got, tied) == _untied(want, tied), (stage, query)
+
+    same_as_every_chunk_scored("after the block build")
+    # Fewer than COMPACT_SHARE of the library changes: new chunks go to delta rows, old ones stay
+    # in the blocks as postings of chunks that are gone.
+    index.replace_document("doc3", ["doc3:0", "doc3:1"], [chunk(), chunk()], [{}, {}])
+    index.replace_document("new-doc", [f"new-doc:{i}" for i in range(40)], [chunk() for _ in range(40)], [{}] * 40)
+    index.delete_document("doc5")
+    with index._connection().cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM cove_lexical_postings WHERE collection = %s AND block = -1", (index.collection,)
+        )
+        assert cur.fetchone()[0] > 0  # delta rows, not yet folded into blocks
+    same_as_every_chunk_scored("with delta rows and deleted chunks")
+    assert not index.search("t000x", 10, {"doc5"}) and index.search("t000x", 10, {"new-doc"})
+
+    # The most common terms' postings span several blocks; the search stops before their end.
+    conn = index._connection()
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM cove_lexical_postings WHERE collection = %s AND term IN ('t000x', 't001x') "
+            "AND block >= 0",
+            (index.collection,),
+        )
+        blocks = cur.fetchone()[0]
+        assert blocks >= 4, f"{blocks} blocks of {BLOCK}"
+        scorer = index.scorer(cur, "t000x t001x t150x")
+        ThresholdSearch(scorer, 10).run()
+        assert scorer.blocks_read < blocks
+
+
+def test_a_table_of_an_older_layout_is_rebuilt(two_homes):
+    """Rows written by another layout (an older Cove) are not trusted: the next reader rebuilds them."""
+    from cove.retrieve import Retriever
+    from cove.store import ChunkStore
+
+    settings = two_homes["postgres"]
+    store = ChunkStore(settings)
+    server = store.lexical_server
+    with server._cursor() as cur:
+        cur.execute("UPDATE cove_lexical_meta SET layout = 1 WHERE collection = %s", (server.collection,))
+    assert server.generation is None
+    Retriever(settings).refresh()
+    assert server.generation == store.generation()
+    assert server.search("warmup_steps = 4000", 5)
