@@ -46,43 +46,34 @@ LAYOUT = 2  # bump when the tables' layout changes: older rows are then rebuilt 
 BLOCK = 1024  # postings per impact-ordered block: what one step of a query reads of a term
 COMPACT_SHARE = 0.1  # rebuild the blocks when this share of the library was written or deleted since
 MINOR_TERM = 0.02  # a term that can add less than this share of the most any term can add waits
-LOOKUP_LIMIT = 1024  # a query looks exact scores up once, for at most this many chunks (or for ties)
+LOOKUP_LIMIT = 1024  # exact scores are looked up for at most this many chunks (more: only ties or gone ones)
 WRITE_BATCH = 2_000
+MAX_POSITIONS = 16383  # PostgreSQL keeps a term's positions up to here (and 256 of them: tf is capped there)
 _LOCK_KEY = 0x636F7665  # "cove": the advisory lock a rebuild holds
 _ROUNDING = 1 + 1e-6  # weights are stored as float4: bounds allow for their rounding
 
+# The tables are named for their layout (`cove_bm25_*`): an older Cove's `cove_lexical_*` tables
+# are never altered or read, so instances of both versions can run side by side during an upgrade.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS cove_lexical_chunks (
+CREATE TABLE IF NOT EXISTS cove_bm25_chunks (
     collection text NOT NULL, id text NOT NULL, doc_id text NOT NULL, length integer NOT NULL,
-    terms tsvector NOT NULL, PRIMARY KEY (collection, id));
-ALTER TABLE cove_lexical_chunks ADD COLUMN IF NOT EXISTS num bigint GENERATED ALWAYS AS IDENTITY;
-CREATE UNIQUE INDEX IF NOT EXISTS cove_lexical_num ON cove_lexical_chunks (num);
-CREATE INDEX IF NOT EXISTS cove_lexical_doc ON cove_lexical_chunks (collection, doc_id);
-DROP INDEX IF EXISTS cove_lexical_terms_gin;
-CREATE TABLE IF NOT EXISTS cove_lexical_df (
+    terms tsvector NOT NULL, num bigint GENERATED ALWAYS AS IDENTITY, PRIMARY KEY (collection, id));
+CREATE UNIQUE INDEX IF NOT EXISTS cove_bm25_num ON cove_bm25_chunks (num);
+CREATE INDEX IF NOT EXISTS cove_bm25_doc ON cove_bm25_chunks (collection, doc_id);
+CREATE TABLE IF NOT EXISTS cove_bm25_df (
     collection text NOT NULL, term text NOT NULL, df integer NOT NULL, PRIMARY KEY (collection, term));
-CREATE TABLE IF NOT EXISTS cove_lexical_postings (
+CREATE TABLE IF NOT EXISTS cove_bm25_postings (
     collection text NOT NULL, term text NOT NULL, block integer NOT NULL, postings bytea NOT NULL);
-ALTER TABLE cove_lexical_postings ALTER COLUMN postings SET STORAGE EXTERNAL;
-CREATE INDEX IF NOT EXISTS cove_lexical_postings_term ON cove_lexical_postings (collection, term, block);
-CREATE TABLE IF NOT EXISTS cove_lexical_meta (
-    collection text PRIMARY KEY, generation text NOT NULL, chunks bigint NOT NULL, length bigint NOT NULL,
-    tokenizer integer NOT NULL);
-ALTER TABLE cove_lexical_meta ADD COLUMN IF NOT EXISTS layout integer NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS avgdl double precision NOT NULL DEFAULT 1,
-    ADD COLUMN IF NOT EXISTS blocked bigint NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS changed bigint NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS first_num bigint NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS last_num bigint NOT NULL DEFAULT 0;
+ALTER TABLE cove_bm25_postings ALTER COLUMN postings SET STORAGE EXTERNAL;  -- read as is, never decompressed
+CREATE INDEX IF NOT EXISTS cove_bm25_postings_term ON cove_bm25_postings (collection, term, block);
+CREATE TABLE IF NOT EXISTS cove_bm25_meta (
+    collection text PRIMARY KEY, generation text NOT NULL, tokenizer integer NOT NULL, layout integer NOT NULL,
+    chunks bigint NOT NULL DEFAULT 0, length bigint NOT NULL DEFAULT 0,
+    avgdl double precision NOT NULL DEFAULT 1, blocked bigint NOT NULL DEFAULT 0,
+    changed bigint NOT NULL DEFAULT 0, first_num bigint NOT NULL DEFAULT 0, last_num bigint NOT NULL DEFAULT 0);
 """
-_SCHEMA_READY = """
-SELECT to_regclass('cove_lexical_postings_term') IS NOT NULL AND to_regclass('cove_lexical_terms_gin') IS NULL
-   AND EXISTS (SELECT 1 FROM information_schema.columns
-               WHERE table_name = 'cove_lexical_meta' AND column_name = 'last_num')
-   AND EXISTS (SELECT 1 FROM information_schema.columns
-               WHERE table_name = 'cove_lexical_chunks' AND column_name = 'num')
-"""
-TABLES = ("cove_lexical_chunks", "cove_lexical_df", "cove_lexical_postings", "cove_lexical_meta")
+_SCHEMA_READY = "SELECT to_regclass('cove_bm25_meta') IS NOT NULL"  # created last
+TABLES = ("cove_bm25_chunks", "cove_bm25_df", "cove_bm25_postings", "cove_bm25_meta")
 
 # A chunk's BM25 weight for a term, from the term's positions in the chunk's tsvector (`t`) and the
 # chunk's length (`c`): the one formula the blocks, the delta rows and the exact scores share.
@@ -96,21 +87,21 @@ POSTING = [("num", ">i8"), ("weight", ">f4")]
 
 # Every chunk's postings, highest weight first, cut into blocks.
 _BLOCKS = f"""
-INSERT INTO cove_lexical_postings (collection, term, block, postings)
+INSERT INTO cove_bm25_postings (collection, term, block, postings)
 SELECT %(collection)s, term, (rank - 1) / {BLOCK}, string_agg({_PACKED}, ''::bytea ORDER BY rank)
 FROM (SELECT term, num, weight, row_number() OVER (PARTITION BY term ORDER BY weight DESC, num) AS rank
       FROM (SELECT t.lexeme AS term, c.num, {_WEIGHT}::real AS weight
-            FROM cove_lexical_chunks c CROSS JOIN LATERAL unnest(c.terms) t
+            FROM cove_bm25_chunks c CROSS JOIN LATERAL unnest(c.terms) t
             WHERE c.collection = %(collection)s) AS weighted) AS ranked
 GROUP BY term, (rank - 1) / {BLOCK}
 """
 
 # Delta rows: a document's chunks just written, one row per term, read whole by every query.
 _DELTA = f"""
-INSERT INTO cove_lexical_postings (collection, term, block, postings)
+INSERT INTO cove_bm25_postings (collection, term, block, postings)
 SELECT %(collection)s, term, -1, string_agg({_PACKED}, ''::bytea)
 FROM (SELECT t.lexeme AS term, c.num, {_WEIGHT}::real AS weight
-      FROM cove_lexical_chunks c CROSS JOIN LATERAL unnest(c.terms) t
+      FROM cove_bm25_chunks c CROSS JOIN LATERAL unnest(c.terms) t
       WHERE c.collection = %(collection)s AND c.doc_id = %(doc_id)s) AS weighted
 GROUP BY term
 """
@@ -124,8 +115,8 @@ CROSS JOIN LATERAL unnest(ts_filter(setweight(c.terms, 'A', %(terms)s::text[]), 
 JOIN unnest(%(terms)s::text[], %(idf)s::float8[]) AS q(term, idf) ON q.term = t.lexeme
 GROUP BY c.num, c.id
 """
-_BY_NUM = "(SELECT * FROM cove_lexical_chunks WHERE collection = %(collection)s AND num = ANY(%(nums)s))"
-_BY_DOC = "(SELECT * FROM cove_lexical_chunks WHERE collection = %(collection)s AND doc_id = ANY(%(docs)s))"
+_BY_NUM = "(SELECT * FROM cove_bm25_chunks WHERE collection = %(collection)s AND num = ANY(%(nums)s))"
+_BY_DOC = "(SELECT * FROM cove_bm25_chunks WHERE collection = %(collection)s AND doc_id = ANY(%(docs)s))"
 
 
 class PostgresUnavailable(RuntimeError):
@@ -157,11 +148,13 @@ class PostgresLexicalIndex:
         self._local = threading.local()
         conn = self._connection()
         with conn.transaction(), conn.cursor() as cur:
-            # Schema changes lock the tables: only when something is missing, one instance at a time.
+            # Creating the tables locks them: only when they are missing, one instance at a time.
             cur.execute(_SCHEMA_READY)
             if not cur.fetchone()[0]:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY + 1,))
-                cur.execute(SCHEMA)
+                cur.execute(_SCHEMA_READY)  # another instance may have created them while we waited
+                if not cur.fetchone()[0]:
+                    cur.execute(SCHEMA)
 
     # --- connection -------------------------------------------------------------------------------
     def _connection(self):
@@ -195,7 +188,7 @@ class PostgresLexicalIndex:
         layout, or dirty)."""
         with self._cursor() as cur:
             cur.execute(
-                "SELECT generation, tokenizer, layout FROM cove_lexical_meta WHERE collection = %s", (self.collection,)
+                "SELECT generation, tokenizer, layout FROM cove_bm25_meta WHERE collection = %s", (self.collection,)
             )
             row = cur.fetchone()
         if row is None or (row[1], row[2]) != (TOKENIZER_VERSION, LAYOUT) or row[0].startswith("dirty:"):
@@ -204,15 +197,15 @@ class PostgresLexicalIndex:
 
     def __len__(self) -> int:
         with self._cursor() as cur:
-            cur.execute("SELECT chunks FROM cove_lexical_meta WHERE collection = %s", (self.collection,))
+            cur.execute("SELECT chunks FROM cove_bm25_meta WHERE collection = %s", (self.collection,))
             row = cur.fetchone()
         return int(row[0]) if row else 0
 
     # --- writing (the writer holds the home's writer lock) ----------------------------------------
     def _mark_dirty(self, cur) -> None:
         cur.execute(
-            "INSERT INTO cove_lexical_meta (collection, generation, chunks, length, tokenizer, layout) "
-            "VALUES (%s, %s, 0, 0, %s, %s) ON CONFLICT (collection) DO UPDATE SET generation = EXCLUDED.generation",
+            "INSERT INTO cove_bm25_meta (collection, generation, tokenizer, layout) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (collection) DO UPDATE SET generation = EXCLUDED.generation",
             (self.collection, self._dirty, TOKENIZER_VERSION, LAYOUT),
         )
 
@@ -221,7 +214,7 @@ class PostgresLexicalIndex:
         rows belong to `token` too if they belonged to `previous`, or if this writer wrote them."""
         with self._cursor() as cur:
             cur.execute(
-                "UPDATE cove_lexical_meta SET generation = %s WHERE collection = %s AND generation IN (%s, %s)",
+                "UPDATE cove_bm25_meta SET generation = %s WHERE collection = %s AND generation IN (%s, %s)",
                 (token, self.collection, previous, self._dirty),
             )
 
@@ -262,7 +255,7 @@ class PostgresLexicalIndex:
         for table in TABLES[:-1]:
             cur.execute(f"DELETE FROM {table} WHERE collection = %s", (self.collection,))  # table: a constant
         cur.execute(
-            "UPDATE cove_lexical_meta SET chunks = 0, length = 0, avgdl = 1, blocked = 0, changed = 0 "
+            "UPDATE cove_bm25_meta SET chunks = 0, length = 0, avgdl = 1, blocked = 0, changed = 0 "
             "WHERE collection = %s",
             (self.collection,),
         )
@@ -271,22 +264,22 @@ class PostgresLexicalIndex:
         """A document's chunks out (their postings stay until the next block build: a posting of a
         chunk that is gone is skipped when its score is looked up)."""
         cur.execute(
-            "SELECT count(*), coalesce(sum(length), 0) FROM cove_lexical_chunks WHERE collection = %s AND doc_id = %s",
+            "SELECT count(*), coalesce(sum(length), 0) FROM cove_bm25_chunks WHERE collection = %s AND doc_id = %s",
             (self.collection, doc_id),
         )
         chunks, length = cur.fetchone()
         if not chunks:
             return
         cur.execute(
-            "WITH gone AS (SELECT t.lexeme AS term, count(*) AS n FROM cove_lexical_chunks c, unnest(c.terms) t "
+            "WITH gone AS (SELECT t.lexeme AS term, count(*) AS n FROM cove_bm25_chunks c, unnest(c.terms) t "
             "WHERE c.collection = %s AND c.doc_id = %s GROUP BY t.lexeme) "
-            "UPDATE cove_lexical_df d SET df = d.df - gone.n FROM gone WHERE d.collection = %s AND d.term = gone.term",
+            "UPDATE cove_bm25_df d SET df = d.df - gone.n FROM gone WHERE d.collection = %s AND d.term = gone.term",
             (self.collection, doc_id, self.collection),
         )
-        cur.execute("DELETE FROM cove_lexical_df WHERE collection = %s AND df <= 0", (self.collection,))
-        cur.execute("DELETE FROM cove_lexical_chunks WHERE collection = %s AND doc_id = %s", (self.collection, doc_id))
+        cur.execute("DELETE FROM cove_bm25_df WHERE collection = %s AND df <= 0", (self.collection,))
+        cur.execute("DELETE FROM cove_bm25_chunks WHERE collection = %s AND doc_id = %s", (self.collection, doc_id))
         cur.execute(
-            "UPDATE cove_lexical_meta SET chunks = chunks - %s, length = length - %s, changed = changed + %s "
+            "UPDATE cove_bm25_meta SET chunks = chunks - %s, length = length - %s, changed = changed + %s "
             "WHERE collection = %s",
             (chunks, length, chunks, self.collection),
         )
@@ -298,18 +291,18 @@ class PostgresLexicalIndex:
         write_df = df is None
         df = Counter() if df is None else df
         chunks = length = 0
-        with cur.copy("COPY cove_lexical_chunks (collection, id, doc_id, length, terms) FROM STDIN") as copy:
+        with cur.copy("COPY cove_bm25_chunks (collection, id, doc_id, length, terms) FROM STDIN") as copy:
             for chunk_id, doc_id, terms in rows:
                 cleaned = [_clean(t) for t in terms]
-                df.update(set(cleaned))
+                df.update(set(cleaned[:MAX_POSITIONS]))  # what the tsvector keeps: what a delete subtracts
                 chunks += 1
                 length += len(cleaned)
                 copy.write_row((self.collection, chunk_id, doc_id, len(cleaned), _as_tsvector(cleaned)))
         # Chunk numbers only grow: the collection's highest so far bounds the ones a query can meet
         # (found from the last one known up, through the index on the numbers).
         cur.execute(
-            "UPDATE cove_lexical_meta m SET chunks = chunks + %s, length = length + %s, changed = changed + %s, "
-            "last_num = greatest(m.last_num, (SELECT max(c.num) FROM cove_lexical_chunks c "
+            "UPDATE cove_bm25_meta m SET chunks = chunks + %s, length = length + %s, changed = changed + %s, "
+            "last_num = greatest(m.last_num, (SELECT max(c.num) FROM cove_bm25_chunks c "
             "WHERE c.num > m.last_num AND c.collection = m.collection)) WHERE m.collection = %s",
             (chunks, length, chunks, self.collection),
         )
@@ -322,20 +315,20 @@ class PostgresLexicalIndex:
             for term, n in df.items():
                 copy.write_row((term, n))
         cur.execute(
-            "INSERT INTO cove_lexical_df (collection, term, df) SELECT %s, term, df FROM cove_df_in "
-            "ON CONFLICT (collection, term) DO UPDATE SET df = cove_lexical_df.df + EXCLUDED.df",
+            "INSERT INTO cove_bm25_df (collection, term, df) SELECT %s, term, df FROM cove_df_in "
+            "ON CONFLICT (collection, term) DO UPDATE SET df = cove_bm25_df.df + EXCLUDED.df",
             (self.collection,),
         )
         cur.execute("DROP TABLE cove_df_in")
 
     def _avgdl(self, cur) -> float:
-        cur.execute("SELECT avgdl FROM cove_lexical_meta WHERE collection = %s", (self.collection,))
+        cur.execute("SELECT avgdl FROM cove_bm25_meta WHERE collection = %s", (self.collection,))
         return float(cur.fetchone()[0])
 
     def _compact_if_due(self, cur) -> None:
         """Rebuild the blocks when the chunks written or deleted since pass `COMPACT_SHARE` of them (a
         small library is rebuilt at every write; a large one seldom, and its queries stay fast)."""
-        cur.execute("SELECT changed, blocked FROM cove_lexical_meta WHERE collection = %s", (self.collection,))
+        cur.execute("SELECT changed, blocked FROM cove_bm25_meta WHERE collection = %s", (self.collection,))
         changed, blocked = cur.fetchone()
         if changed > COMPACT_SHARE * blocked:
             self._build_blocks(cur)
@@ -343,23 +336,23 @@ class PostgresLexicalIndex:
     def _build_blocks(self, cur) -> None:
         """Every chunk's postings, impact-ordered into blocks, in one statement in the server; the
         average chunk length is fixed here for the weights until the next build."""
-        cur.execute("SELECT chunks, length FROM cove_lexical_meta WHERE collection = %s", (self.collection,))
+        cur.execute("SELECT chunks, length FROM cove_bm25_meta WHERE collection = %s", (self.collection,))
         chunks, length = cur.fetchone()
         avgdl = max(1.0, length / chunks) if chunks else 1.0
         cur.execute("SET LOCAL work_mem = '256MB'")  # the sort by term and weight: in memory where it fits
         cur.execute(
-            "SELECT coalesce(min(num), 0), coalesce(max(num), 0) FROM cove_lexical_chunks WHERE collection = %s",
+            "SELECT coalesce(min(num), 0), coalesce(max(num), 0) FROM cove_bm25_chunks WHERE collection = %s",
             (self.collection,),
         )
         first, last = cur.fetchone()
         if last - first + 1 > 2 * max(chunks, 1):  # numbers spread thin by rewrites: number the chunks afresh
-            cur.execute("UPDATE cove_lexical_chunks SET num = DEFAULT WHERE collection = %s", (self.collection,))
-            cur.execute("SELECT min(num), max(num) FROM cove_lexical_chunks WHERE collection = %s", (self.collection,))
+            cur.execute("UPDATE cove_bm25_chunks SET num = DEFAULT WHERE collection = %s", (self.collection,))
+            cur.execute("SELECT min(num), max(num) FROM cove_bm25_chunks WHERE collection = %s", (self.collection,))
             first, last = cur.fetchone()
-        cur.execute("DELETE FROM cove_lexical_postings WHERE collection = %s", (self.collection,))
+        cur.execute("DELETE FROM cove_bm25_postings WHERE collection = %s", (self.collection,))
         cur.execute(_BLOCKS, {"collection": self.collection, "avgdl": avgdl})
         cur.execute(
-            "UPDATE cove_lexical_meta SET avgdl = %s, blocked = chunks, changed = 0, first_num = %s, "
+            "UPDATE cove_bm25_meta SET avgdl = %s, blocked = chunks, changed = 0, first_num = %s, "
             "last_num = greatest(last_num, %s) WHERE collection = %s",
             (avgdl, first, last, self.collection),
         )
@@ -378,7 +371,7 @@ class PostgresLexicalIndex:
             self._add_df(cur, df)
             self._build_blocks(cur)
             cur.execute(
-                "UPDATE cove_lexical_meta SET generation = %s, layout = %s WHERE collection = %s",
+                "UPDATE cove_bm25_meta SET generation = %s, layout = %s WHERE collection = %s",
                 (generation, LAYOUT, self.collection),
             )
 
@@ -419,30 +412,41 @@ class PostgresLexicalIndex:
         if not counts:
             return None
         cur.execute(
-            "SELECT m.chunks, m.avgdl, m.first_num, m.last_num, d.term, d.df FROM cove_lexical_meta m "
-            "LEFT JOIN cove_lexical_df d ON d.collection = m.collection AND d.term = ANY(%s) "
+            "SELECT m.chunks, m.length, m.avgdl, m.first_num, m.last_num, d.term, d.df FROM cove_bm25_meta m "
+            "LEFT JOIN cove_bm25_df d ON d.collection = m.collection AND d.term = ANY(%s) "
             "WHERE m.collection = %s",
             (sorted(counts), self.collection),
         )
         rows = cur.fetchall()
         if not rows or not rows[0][0]:
             return None
-        total, avgdl, first_num, last_num = int(rows[0][0]), float(rows[0][1]), int(rows[0][2]), int(rows[0][3])
-        # As bm25s does: a term asked twice counts twice.
-        idf = {t: counts[t] * math.log(1 + (total - n + 0.5) / (n + 0.5)) for *_, t, n in rows if t}
-        return _Scorer(cur, self.collection, idf, avgdl, (first_num, last_num)) if idf else None
+        total, length, blocks_avgdl, first_num, last_num = (float(v) for v in rows[0][:5])
+        # As bm25s does: a term asked twice counts twice. A term no chunk holds adds nothing (a df
+        # above the chunk count, which only a damaged table holds, would make its idf negative).
+        idf = {t: counts[t] * math.log(1 + (total - n + 0.5) / (n + 0.5)) for *_, t, n in rows if t and n <= total}
+        if not idf:
+            return None
+        avgdl = (max(1.0, length / total), blocks_avgdl)
+        return _Scorer(cur, self.collection, idf, avgdl, (int(first_num), int(last_num)))
 
 
 class _Scorer:
     """The reads one query makes: exact scores of chunks, and postings blocks."""
 
-    def __init__(self, cur, collection: str, idf: dict[str, float], avgdl: float, nums: tuple[int, int]) -> None:
+    def __init__(
+        self, cur, collection: str, idf: dict[str, float], avgdl: tuple[float, float], nums: tuple[int, int]
+    ) -> None:
         self.cur = cur
         self.idf = idf
+        now, blocks = avgdl
+        # Exact scores use today's average chunk length; the stored weights, the one of their build.
+        # A weight moves by at most this factor between the two (tf / (tf + c + x / avgdl) with
+        # avgdl times r lies between w * min(1, r) and w * max(1, r)): the search widens its bounds so.
+        self.drift = now / blocks
         self.nums = nums  # the collection's first and last chunk numbers
         self.lookups = 0  # exact-score lookups made (for tests and benchmarks)
         self.blocks_read = 0
-        self._params = {"collection": collection, "terms": list(idf), "idf": list(idf.values()), "avgdl": avgdl}
+        self._params = {"collection": collection, "terms": list(idf), "idf": list(idf.values()), "avgdl": now}
 
     def exact(self, nums: list[int]) -> dict[int, tuple[str, float]]:
         """{num: (chunk id, BM25 score)} of the chunks that still exist among `nums`."""
@@ -465,7 +469,7 @@ class _Scorer:
             terms, firsts, counts = terms + list(self.idf), firsts + [-1] * len(self.idf), counts + [1] * len(self.idf)
         self.cur.execute(
             "SELECT p.term, p.block, p.postings FROM unnest(%(terms)s::text[], %(firsts)s::int[], %(counts)s::int[]) "
-            "AS w(term, first, count) JOIN cove_lexical_postings p ON p.collection = %(collection)s "
+            "AS w(term, first, count) JOIN cove_bm25_postings p ON p.collection = %(collection)s "
             "AND p.term = w.term AND p.block >= w.first AND p.block < w.first + w.count ORDER BY p.term, p.block",
             {"collection": self._params["collection"], "terms": terms, "firsts": firsts, "counts": counts},
             binary=True,
@@ -479,8 +483,8 @@ class ThresholdSearch:
     """The exact BM25 top-k from impact-ordered postings, without scoring every chunk that holds a
     query term (Fagin's threshold algorithm, "no random access" variant, in numpy).
 
-    Each step reads the next blocks of every term not read to its end (twice as many as the step
-    before). A chunk seen so far has a partial score: its lower bound. What it could still gain is
+    Each step reads the next blocks of every term not read to its end (four times as many as the
+    step before). A chunk seen so far has a partial score: its lower bound. What it could still gain is
     bounded by the weight at which each other term's unread postings start (that term's *frontier*):
     partial + those frontiers is its upper bound. The top k is settled when the k-th best lower bound
     is at least what a chunk seen nowhere yet could reach (the sum of the frontiers), and at most
@@ -488,7 +492,8 @@ class ThresholdSearch:
     for those chunks (their ids come with them; a chunk deleted since the blocks were built is dropped
     and the search goes on).
     Delta rows (chunks written since the blocks were built) are read whole at the first step: their
-    sums are complete."""
+    sums are complete. Stored weights are of the last block build's average chunk length, exact
+    scores of today's: bounds are widened by the most that can move a weight (`_Scorer.drift`)."""
 
     def __init__(self, scorer: _Scorer, k: int) -> None:
         import numpy as np
@@ -510,8 +515,11 @@ class ThresholdSearch:
         span = max(0, last - self.first + 1)
         self.lower = np.zeros(span)
         self.seen = np.zeros((len(self.terms), span), dtype=bool)  # term-major: one row per term
-        self.complete = np.zeros(span, dtype=bool)  # delta chunks and chunks found gone: nothing to add
-        self.gone = np.zeros(span, dtype=bool)
+        self.complete = np.zeros(span, dtype=bool)  # delta chunks: nothing more to add
+        self.gone = np.zeros(span, dtype=bool)  # looked up and not found: deleted since the block build
+        # Partial sums of stored weights, times these, bound the true partial scores (see drift).
+        self.low = min(1.0, scorer.drift) / _ROUNDING
+        self.high = max(1.0, scorer.drift) * _ROUNDING
 
     def run(self) -> list[tuple[str, float]]:
         first = True
@@ -541,7 +549,7 @@ class ThresholdSearch:
             i = self.index[term]
             postings = np.frombuffer(packed, dtype=POSTING)
             at = postings["num"].astype(np.int64) - self.first
-            inside = (at >= 0) & (at < len(self.lower))  # always, in one snapshot; a stray row cannot index out
+            inside = (at >= 0) & (at < len(self.lower))  # all of them, in one snapshot: checked all the same
             at = at[inside]
             self.lower[at] += self.idf[i] * postings["weight"][inside].astype(np.float64)
             self.seen[i, at] = True
@@ -553,7 +561,7 @@ class ThresholdSearch:
             i = self.index[term]
             block, last = read_to.get(term, (None, 0.0))
             full = block is not None and block == self.next_block[i] + self.width - 1
-            self.frontier[i] = float(last) * _ROUNDING if full else 0.0  # else: no block left
+            self.frontier[i] = min(1.0, float(last) * self.high) if full else 0.0  # else: no block left
             self.next_block[i] += self.width
         self.width *= 4  # few steps: each costs a pass over the chunks seen
 
@@ -562,22 +570,23 @@ class ThresholdSearch:
         other chunk can enter it; None while more blocks must be read."""
         np = self.np
         at = np.flatnonzero((self.lower > 0) & ~self.gone)  # every weight and idf is > 0
-        lower = self.lower[at]
+        partial = self.lower[at]
         open_gain = self.idf * np.where(self.frontier > 0, self.frontier, 0.0)
         unseen = float(open_gain.sum())
         if len(at) <= self.k:
-            return list(at) if unseen == 0 else None
+            return list(at) if unseen <= 0 else None
+        lower = partial * self.low
         kth = float(np.partition(lower, len(lower) - self.k)[len(lower) - self.k])
         if unseen > kth:  # a chunk seen nowhere yet could still beat the k-th: read on
             return None
-        near = lower * _ROUNDING + unseen >= kth  # the others cannot reach the k-th best, whatever they lack
-        at, lower = at[near], lower[near]
+        near = partial * self.high + unseen >= kth  # the others cannot reach the k-th best, whatever they lack
+        at, partial = at[near], partial[near]
         rest = np.zeros(len(at))  # what each chunk could still gain: the open terms it was not seen in
         for i in np.flatnonzero(open_gain > 0):
             np.add(rest, open_gain[i], out=rest, where=~self.seen[i, at])
         rest[self.complete[at]] = 0.0
-        contenders = lower * _ROUNDING + rest >= kth
-        if unseen > 0 and contenders.sum() > LOOKUP_LIMIT:  # cheaper to read on than to look all up
+        contenders = partial * self.high + rest >= kth
+        if unseen > 0 and contenders.sum() > max(LOOKUP_LIMIT, 4 * self.k):  # cheaper to read on
             return None
         return list(at[contenders])
 
@@ -586,7 +595,7 @@ def _as_tsvector(terms: list[str]) -> str:
     """The tsvector literal of a token list: each term with its positions (1-based, PostgreSQL keeps
     up to 256 per term and positions up to 16383)."""
     positions: dict[str, list[int]] = {}
-    for at, term in enumerate(terms[:16383], start=1):
+    for at, term in enumerate(terms[:MAX_POSITIONS], start=1):
         held = positions.setdefault(term, [])
         if len(held) < 256:
             held.append(at)

@@ -153,7 +153,9 @@ class Retriever:
         self._lexical_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cove-bm25")
 
     def close(self) -> None:
-        self._lexical_thread.shutdown(wait=False)
+        if self._lexical is not None and hasattr(self._lexical, "close"):  # PostgreSQL: the thread's connection
+            self._lexical_thread.submit(self._lexical.close)
+        self._lexical_thread.shutdown(wait=True)
         self.catalog.close()
 
     # --- keeping up with the store -------------------------------------------------------------------
