@@ -226,8 +226,8 @@ class PostgresLexicalIndex:
             self._delete(cur, doc_id)
             terms = chunk_terms([lexical_text(t, m) for t, m in zip(texts, metadatas, strict=True)])
             self._insert(cur, [(i, doc_id, t) for i, t in zip(ids, terms, strict=True)])
-            cur.execute(_DELTA, {"collection": self.collection, "doc_id": doc_id, "avgdl": self._avgdl(cur)})
-            self._compact_if_due(cur)
+            if not self._compact_if_due(cur):  # a block build takes the new chunks in: no delta rows then
+                cur.execute(_DELTA, {"collection": self.collection, "doc_id": doc_id, "avgdl": self._avgdl(cur)})
 
     def delete_document(self, doc_id: str) -> None:
         conn = self._connection()
@@ -325,13 +325,15 @@ class PostgresLexicalIndex:
         cur.execute("SELECT avgdl FROM cove_bm25_meta WHERE collection = %s", (self.collection,))
         return float(cur.fetchone()[0])
 
-    def _compact_if_due(self, cur) -> None:
+    def _compact_if_due(self, cur) -> bool:
         """Rebuild the blocks when the chunks written or deleted since pass `COMPACT_SHARE` of them (a
         small library is rebuilt at every write; a large one seldom, and its queries stay fast)."""
         cur.execute("SELECT changed, blocked FROM cove_bm25_meta WHERE collection = %s", (self.collection,))
         changed, blocked = cur.fetchone()
-        if changed > COMPACT_SHARE * blocked:
-            self._build_blocks(cur)
+        if changed <= COMPACT_SHARE * blocked:
+            return False
+        self._build_blocks(cur)
+        return True
 
     def _build_blocks(self, cur) -> None:
         """Every chunk's postings, impact-ordered into blocks, in one statement in the server; the
@@ -444,13 +446,11 @@ class _Scorer:
         # avgdl times r lies between w * min(1, r) and w * max(1, r)): the search widens its bounds so.
         self.drift = now / blocks
         self.nums = nums  # the collection's first and last chunk numbers
-        self.lookups = 0  # exact-score lookups made (for tests and benchmarks)
-        self.blocks_read = 0
+        self.blocks_read = 0  # postings blocks read (for tests)
         self._params = {"collection": collection, "terms": list(idf), "idf": list(idf.values()), "avgdl": now}
 
     def exact(self, nums: list[int]) -> dict[int, tuple[str, float]]:
         """{num: (chunk id, BM25 score)} of the chunks that still exist among `nums`."""
-        self.lookups += 1
         self.cur.execute(_SCORES.format(source=_BY_NUM), {**self._params, "nums": nums})
         return {num: (chunk_id, float(score)) for num, chunk_id, score in self.cur.fetchall()}
 
@@ -541,8 +541,7 @@ class ThresholdSearch:
         # Terms whose unread postings could add next to nothing (a word in every chunk: idf ~ 0) are
         # read only once the others are down to their level; until then their bound covers them.
         gain = self.idf * self.frontier
-        worth = [t for t, i in self.index.items() if gain[i] > 0 and gain[i] >= MINOR_TERM * gain.max()]
-        open_terms = [t for t, i in self.index.items() if self.frontier[i] > 0 and t in worth]
+        open_terms = [t for t, i in self.index.items() if gain[i] > 0 and gain[i] >= MINOR_TERM * gain.max()]
         wanted = {t: (self.next_block[self.index[t]], self.width) for t in open_terms}
         read_to = {}
         for term, block, packed in self.scorer.blocks(wanted, with_delta):
